@@ -1,0 +1,41 @@
+# Two entry points a new user needs: `make run` (release on embedded data, then serve) and
+# `make test` (the whole suite). Both build .venv on first use; nothing else is required.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: install run test lab bench system-deps clean
+
+$(BIN)/lab2prod: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[lab,dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+install: $(BIN)/lab2prod
+
+# Debian packages: Fashion-MNIST (full-size runs) and wrk (benchmarks). Needs root or sudo;
+# the test suite does not need them, so a failure here is only a warning.
+system-deps:
+	@if [ ! -d $(FASHION_MNIST) ] || ! command -v wrk >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist wrk >/dev/null) \
+	  || echo "warning: could not install dataset-fashion-mnist/wrk; benchmarks will need them"; \
+	fi
+
+run: install
+	$(BIN)/lab2prod release && $(BIN)/lab2prod serve
+
+lab: install
+	$(BIN)/jupyter lab notebooks/
+
+test: install system-deps
+	$(BIN)/python -m pytest
+
+bench: install system-deps
+	$(BIN)/lab2prod bench
+
+clean:
+	rm -rf $(VENV) runs models .pytest_cache

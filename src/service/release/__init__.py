@@ -1,0 +1,1 @@
+"""Release: papermill runs, the gate, and the versioned model registry."""

@@ -1,0 +1,94 @@
+"""The one typed settings object. Nothing else in the package reads the environment.
+
+Every field maps to an environment variable of the same name in upper case (``REDIS_URL``,
+``REGISTRY_URL``, ``MAX_BATCH_SIZE`` ...) or a line in ``.env``. Defaults work on a laptop with
+no services: no Redis, no RabbitMQ, registry and runs in the current directory.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+RuntimeName = Literal["auto", "eager", "torchscript", "compile", "onnx", "int8", "channels-last"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", protected_namespaces=())
+
+    # --- where things live (relative to the current directory, like git or DVC) ---
+    registry_url: str = Field("models", description="Model registry: a folder or an fsspec URL.")
+    runs_dir: Path = Field(Path("runs"), description="Where release runs write their records.")
+    notebooks_dir: Path = Field(Path("notebooks"), description="train.ipynb and evaluate.ipynb.")
+    data_dir: Path = Field(Path("data"), description="IDX files for the 'mnist' dataset.")
+    release_policy: Path = Field(
+        Path("release-policy.yaml"), description="The gate's criteria (versioned in the repo)."
+    )
+    model_name: str = Field("mnist-cnn", description="Registry name of the served model.")
+    model_alias: str = Field("production", description="Alias the service and workers follow.")
+
+    # --- compute ---
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'.")
+    torch_threads: int = Field(1, ge=1, description="torch.set_num_threads for inference.")
+    runtime: RuntimeName = Field("auto", description="Inference runtime variant.")
+
+    # --- HTTP server ---
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1)
+    log_level: str = "info"
+    log_json: bool = True
+    load_model: bool = Field(
+        True, description="False lets an API instance only enqueue jobs (small CPU box)."
+    )
+    model_poll_interval_s: float = Field(
+        10.0, ge=0, description="How often to check the alias for a new version (0: never)."
+    )
+
+    # --- request batching and limits ---
+    max_batch_size: int = Field(32, ge=1, description="Most inputs in one forward pass.")
+    max_batch_wait_ms: float = Field(
+        0.0, ge=0, description="Extra wait to fill a batch; 0 means never wait on a timer."
+    )
+    max_queue_size: int = Field(1024, ge=1, description="Pending inputs before 503.")
+    batch_max_items: int = Field(256, ge=1, description="Most items in POST /predict/batch.")
+    max_upload_bytes: int = Field(5 * 1024 * 1024, ge=1, description="Larger uploads get 413.")
+    max_image_pixels: int = Field(
+        25_000_000, ge=1, description="Images larger than this are refused before decoding."
+    )
+    request_timeout_s: float = Field(30.0, gt=0)
+
+    # --- caching ---
+    redis_url: str | None = Field(None, description="Redis tier of the cache and result store.")
+    cache_size: int = Field(10_000, ge=0, description="In-process LRU entries (0 disables).")
+    cache_ttl_s: int = Field(3600, ge=1)
+    redis_timeout_s: float = Field(0.05, gt=0, description="Per-call Redis timeout.")
+    breaker_failures: int = Field(3, ge=1, description="Failures that open the circuit.")
+    breaker_reset_s: float = Field(2.0, gt=0, description="Open circuit retries after this.")
+
+    # --- async jobs ---
+    amqp_url: str | None = Field(None, description="RabbitMQ; unset means in-process queue.")
+    queue_name: str = "lab2prod.inference"
+    result_ttl_s: int = Field(3600, ge=1)
+    worker_prefetch: int = Field(64, ge=1)
+    worker_batch_size: int = Field(32, ge=1)
+    worker_batch_wait_ms: float = Field(5.0, ge=0)
+    max_attempts: int = Field(3, ge=1, description="Deliveries before a job is dead-lettered.")
+    worker_metrics_port: int = Field(0, ge=0, description="Prometheus port of a worker (0: off).")
+    ws_max_in_flight: int = Field(32, ge=1, description="Per-connection WebSocket backpressure.")
+
+    @field_validator("registry_url")
+    @classmethod
+    def _registry_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("registry_url is empty; use a folder like 'models' or 's3://b/models'")
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
