@@ -1,0 +1,1 @@
+"""Serving-side inference: runtimes, the micro-batcher and the prediction cache."""
