@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
@@ -72,3 +76,88 @@ def pixels_to_array(pixels: Sequence[object]) -> np.ndarray:
         bad = int(np.flatnonzero((array < 0) | (array > 255))[0])
         raise InvalidPixels(f"pixel {bad} is {array[bad]:g}; pixels must lie in 0..255")
     return np.rint(array).astype(np.uint8).reshape(IMAGE_SIDE, IMAGE_SIDE)
+
+
+# --- uploads: any image of one digit -> a 28x28 digit made the way MNIST was made -------------
+
+DIGIT_BOX = 20  # MNIST scaled each digit so its longer side is 20 px ...
+WORKING_SIDE = 1024  # ... we shrink huge photos to this first (the 20 px result is the same)
+INK_THRESHOLD = 0.15  # fraction of the ink's peak that counts as ink (ignores paper texture)
+MIN_CONTRAST = 24.0  # grey levels between ink and background below which there is no digit
+
+
+class InvalidImage(ValueError):
+    """Raised when an image holds no digit that can be found (blank, or no contrast)."""
+
+
+def image_to_mnist(image: Image.Image) -> np.ndarray:
+    """A decoded image of one digit -> uint8 [28,28], light ink on dark, as MNIST was made.
+
+    Any size, RGB or greyscale, with or without alpha, dark ink on light paper or the reverse,
+    anywhere on the canvas. Steps: EXIF orientation, alpha flattened onto white, greyscale,
+    polarity from the border (light border -> invert), background removed and contrast
+    stretched, crop to the ink's bounding box, longer side scaled to 20 px keeping the aspect
+    (anti-aliased), pasted into 28x28 so the centre of mass sits at the centre.
+    """
+    from PIL import Image, ImageOps
+
+    if image.format == "JPEG":  # decode big JPEGs at a reduced scale (DCT scaling, much faster)
+        image.draft("L", (WORKING_SIDE, WORKING_SIDE))
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float greyscale
+        wide = np.asarray(image, dtype=np.float32)
+        top = float(wide.max()) or 1.0
+        image = Image.fromarray((wide * (255.0 / max(top, 255.0))).astype(np.uint8))
+    grey = image.convert("L")
+    if max(grey.size) > WORKING_SIDE:
+        grey.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BOX)
+    return _grey_to_mnist(np.asarray(grey, dtype=np.float32))
+
+
+def _grey_to_mnist(grey: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    band = max(1, min(grey.shape) // 50)  # the outer 2% is the paper (or screen) around the digit
+    border = np.concatenate(
+        [grey[:band].ravel(), grey[-band:].ravel(), grey[:, :band].ravel(), grey[:, -band:].ravel()]
+    )
+    background = float(np.median(border))
+    if background > 127.5:  # dark ink on light paper: make the ink light, as in MNIST
+        grey = 255.0 - grey
+        background = 255.0 - background
+    ink = np.clip(grey - background, 0.0, None)
+    peak = float(ink.max())
+    if peak < MIN_CONTRAST:
+        raise InvalidImage(
+            "no digit found: the image is blank or has almost no contrast between ink and paper"
+        )
+    ink *= 255.0 / peak
+    ink[ink < INK_THRESHOLD * 255.0] = 0.0
+    rows = np.flatnonzero(ink.any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0))
+    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    height, width = crop.shape
+    scale = DIGIT_BOX / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = np.asarray(
+        Image.fromarray(crop, mode="F").resize(size, Image.Resampling.LANCZOS), dtype=np.float32
+    )
+    small = np.clip(small, 0.0, None)
+    small *= 255.0 / max(float(small.max()), 1e-6)
+    return _paste_by_centre_of_mass(small)
+
+
+def _paste_by_centre_of_mass(small: np.ndarray) -> np.ndarray:
+    height, width = small.shape
+    total = float(small.sum())
+    centre_y = float((small.sum(axis=1) * np.arange(height)).sum()) / total
+    centre_x = float((small.sum(axis=0) * np.arange(width)).sum()) / total
+    # MNIST's centres of mass sit at (14, 14) in pixel indices.
+    top = min(max(round(IMAGE_SIDE / 2 - centre_y), 0), IMAGE_SIDE - height)
+    left = min(max(round(IMAGE_SIDE / 2 - centre_x), 0), IMAGE_SIDE - width)
+    canvas = np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.float32)
+    canvas[top : top + height, left : left + width] = small
+    return np.rint(np.clip(canvas, 0.0, 255.0)).astype(np.uint8)

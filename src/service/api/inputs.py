@@ -1,0 +1,279 @@
+"""Request bodies -> validated uint8 [28,28] digits. The one place that reads client input.
+
+Used by /predict, /predict/batch and the async routes (/classify, WebSocket). Every refusal is an
+``InputError`` carrying the HTTP status (400, 413, 415 or 422) and a message that says what was
+wrong and how to send it instead. Parsing never goes through pydantic: 784 numbers are decoded
+with orjson and checked with numpy, which is what keeps the hot path cheap.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from itertools import chain
+from typing import Any
+
+import numpy as np
+import orjson
+from PIL import Image, UnidentifiedImageError
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from service.ml.preprocess import (
+    IMAGE_PIXELS,
+    IMAGE_SIDE,
+    InvalidImage,
+    InvalidPixels,
+    image_to_mnist,
+    pixels_to_array,
+)
+
+SUPPORTED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF"})  # MPO: phone JPEGs
+SUPPORTED_NAMES = "PNG, JPEG, WebP, BMP or GIF"
+IMAGE_CONTENT_TYPES = frozenset(
+    {
+        "image/png", "image/jpeg", "image/jpg", "image/pjpeg", "image/webp", "image/bmp",
+        "image/x-bmp", "image/x-ms-bmp", "image/gif",
+    }
+)
+# Part types that carry no claim about the bytes: sniff them instead of refusing.
+GENERIC_CONTENT_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the uploaded file
+
+
+class InputError(ValueError):
+    """A request the service refuses; ``status_code`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status_code: int = 422) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+
+
+# --- JSON pixels --------------------------------------------------------------------------------
+
+
+def digit_from_pixels(pixels: object) -> np.ndarray:
+    """784 numbers, or 28 rows of 28, in 0..255 -> uint8 [28,28]; InputError (422) otherwise.
+
+    The fast path is one numpy conversion; anything unusual falls back to
+    ``preprocess.pixels_to_array`` for its precise message (same rules, one definition).
+    """
+    if isinstance(pixels, list):
+        try:
+            array = np.array(pixels)
+        except (ValueError, TypeError, OverflowError):
+            array = None
+        if (
+            array is not None
+            and array.dtype.kind in "iuf"
+            and array.shape in ((IMAGE_PIXELS,), (IMAGE_SIDE, IMAGE_SIDE))
+            and not _has_bool(pixels, array.ndim)
+        ):
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                pass  # let the precise checker say which pixel
+            elif array.min() >= 0 and array.max() <= 255:
+                if array.dtype.kind == "f":
+                    array = np.rint(array)
+                return array.astype(np.uint8).reshape(IMAGE_SIDE, IMAGE_SIDE)
+    try:
+        return pixels_to_array(pixels)  # type: ignore[arg-type]
+    except InvalidPixels as exc:
+        raise InputError(str(exc), 422) from None
+
+
+def _has_bool(pixels: list[Any], ndim: int) -> bool:
+    """JSON true/false would pass numpy as 1/0; refuse them like the reference checker does."""
+    values = pixels if ndim == 1 else chain.from_iterable(pixels)
+    return bool in set(map(type, values))
+
+
+def load_json(body: bytes) -> Any:
+    if not body.strip():
+        raise InputError(
+            'the request body is empty; send JSON {"pixels": [784 numbers]} or a multipart '
+            "upload with the image in a field named 'file'",
+            400,
+        )
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(
+            f"the body is not valid JSON ({exc}); NaN and Infinity are not JSON numbers", 400
+        ) from None
+
+
+def digit_from_json(body: bytes) -> np.ndarray:
+    """A JSON body ``{"pixels": ...}`` -> uint8 [28,28]."""
+    document = load_json(body)
+    if not isinstance(document, dict) or "pixels" not in document:
+        raise InputError(
+            'expected a JSON object with a "pixels" field: {"pixels": [784 numbers in 0..255]}'
+        )
+    return digit_from_pixels(document["pixels"])
+
+
+def digits_from_batch_json(body: bytes, max_items: int) -> list[np.ndarray]:
+    """A JSON body ``{"items": [{"pixels": ...}, ...]}`` -> digits in order."""
+    document = load_json(body)
+    items = document.get("items") if isinstance(document, dict) else None
+    if not isinstance(items, list):
+        raise InputError('expected a JSON object {"items": [{"pixels": [...]}, ...]}')
+    if not items:
+        raise InputError(f'"items" is empty; send between 1 and {max_items} items')
+    if len(items) > max_items:
+        raise InputError(
+            f'"items" has {len(items)} entries; at most {max_items} per request '
+            "(split the batch, or raise BATCH_MAX_ITEMS)",
+            413,
+        )
+    digits = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or "pixels" not in item:
+            raise InputError(f'item {index} is not an object with a "pixels" field')
+        try:
+            digits.append(digit_from_pixels(item["pixels"]))
+        except InputError as exc:
+            raise InputError(f"item {index}: {exc.message}", exc.status_code) from None
+    return digits
+
+
+# --- images -------------------------------------------------------------------------------------
+
+
+def digit_from_image(
+    data: bytes, *, max_pixels: int, max_bytes: int | None = None, content_type: str | None = None
+) -> np.ndarray:
+    """An uploaded image's bytes -> uint8 [28,28] through ``preprocess.image_to_mnist``.
+
+    Checks, in order: declared type (415), size in bytes (413), a readable header of a supported
+    format (422 / 415), width x height against ``max_pixels`` before any pixel is decoded (413),
+    a single frame (422), then decodes (422 when truncated) and preprocesses.
+    """
+    declared = (content_type or "").partition(";")[0].strip().lower()
+    if declared not in IMAGE_CONTENT_TYPES and declared not in GENERIC_CONTENT_TYPES:
+        raise InputError(
+            f"unsupported file type {declared!r}; upload a {SUPPORTED_NAMES} image", 415
+        )
+    if max_bytes is not None and len(data) > max_bytes:
+        raise InputError(
+            f"the image is {len(data)} bytes; the limit is {max_bytes} (MAX_UPLOAD_BYTES)", 413
+        )
+    if not data:
+        raise InputError("the uploaded file is empty", 400)
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # Pillow's own header check (> 2x its limit)
+        raise InputError(
+            f"the image is too large to decode safely ({exc}); the limit is {max_pixels} "
+            "pixels (MAX_IMAGE_PIXELS): refused before decoding",
+            413,
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InputError(
+            f"the file is not a readable {SUPPORTED_NAMES} image ({_reason(exc)})", 422
+        ) from None
+    with image:
+        if image.format not in SUPPORTED_FORMATS:
+            raise InputError(
+                f"{image.format} images are not supported; upload a {SUPPORTED_NAMES} image", 415
+            )
+        width, height = image.size
+        if width * height > max_pixels:
+            raise InputError(
+                f"the image is {width}x{height} = {width * height} pixels; the limit is "
+                f"{max_pixels} (MAX_IMAGE_PIXELS): refused before decoding",
+                413,
+            )
+        if getattr(image, "is_animated", False) and image.format != "MPO":
+            raise InputError(
+                "animated or multi-frame images are not supported; upload a single frame", 422
+            )
+        try:
+            image.load()
+        except Image.DecompressionBombError as exc:
+            raise InputError(f"the image is too large to decode safely ({exc})", 413) from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise InputError(
+                f"the image could not be decoded: it is truncated or corrupt ({_reason(exc)})", 422
+            ) from None
+        try:
+            return image_to_mnist(image)
+        except InvalidImage as exc:
+            raise InputError(str(exc), 422) from None
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).split(" <_io.BytesIO")[0] or type(exc).__name__
+
+
+# --- whole requests -----------------------------------------------------------------------------
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing (413) as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise InputError(
+            f"the body is {declared} bytes; the limit is {limit} (MAX_UPLOAD_BYTES)", 413
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InputError(f"the body exceeds the limit of {limit} bytes (MAX_UPLOAD_BYTES)", 413)
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+async def digit_from_request(request: Request, *, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """A /predict request (JSON pixels, multipart ``file``, or a raw image body) -> a digit."""
+    kind = media_type(request)
+    if kind in ("application/json", "") or kind.endswith("+json"):
+        return digit_from_json(await read_body(request, max_bytes))
+    if kind == "multipart/form-data":
+        data, part_type = await read_upload(request, max_bytes)
+        return digit_from_image(
+            data, max_pixels=max_pixels, max_bytes=max_bytes, content_type=part_type
+        )
+    if kind in IMAGE_CONTENT_TYPES:
+        data = await read_body(request, max_bytes)
+        return digit_from_image(data, max_pixels=max_pixels, max_bytes=max_bytes, content_type=kind)
+    raise InputError(
+        f"unsupported Content-Type {kind!r}; send application/json "
+        '({"pixels": [...]}) or multipart/form-data with the image in a field named "file"',
+        415,
+    )
+
+
+async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str | None]:
+    """The bytes and declared type of the multipart field ``file`` (413 past the limit)."""
+    body = await read_body(request, max_bytes + MULTIPART_OVERHEAD)
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
+
+    parser = MultiPartParser(
+        Headers(scope=request.scope), stream(), max_files=4, max_fields=16  # type: ignore[arg-type]
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InputError(f"the multipart body is malformed ({exc.message})", 400) from None
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InputError(
+                "the multipart body has no file field named 'file' "
+                "(e.g. curl -F file=@digit.png http://host/predict)"
+            )
+        data = await upload.read()
+        return data, upload.content_type
+    finally:
+        await form.close()

@@ -1,0 +1,250 @@
+"""A micro-batcher without an idle timer: concurrent requests share one forward pass.
+
+One dedicated inference thread takes whatever is queued (up to ``max_batch_size``), runs the
+handler once on the whole list and hands every result back to its request's future with a single
+``loop.call_soon_threadsafe`` per batch. A lone request on an idle model runs at once; requests
+that arrive while a batch is running form the next batch, so batching costs nothing at low load
+and fills up by itself under load. ``max_wait_ms`` > 0 adds an optional wait to fill a batch.
+
+The queue is bounded: past ``max_queue_size`` waiting items, ``submit`` raises ``QueueFull``
+(the API answers 503 with Retry-After) instead of letting latency grow without bound. A handler
+error fails exactly the requests of that batch; the thread carries on, so no request hangs.
+
+Usage::
+
+    batcher = MicroBatcher(lambda xs: [x * x for x in xs], max_batch_size=32)
+    batcher.start()
+    assert await batcher.submit(3) == 9
+    batcher.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+logger = logging.getLogger(__name__)
+_STOP = object()
+
+
+class QueueFull(RuntimeError):
+    """Too many requests are waiting; retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher is shut down (or its thread is gone) and takes no more work."""
+
+
+class MicroBatcher(Generic[In, Out]):
+    def __init__(
+        self,
+        handler: Callable[[list[In]], Sequence[Out]],
+        *,
+        max_batch_size: int = 32,
+        max_wait_ms: float = 0.0,
+        max_queue_size: int = 1024,
+        name: str = "inference",
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be at least 1, got {max_queue_size}")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be 0 (no timer) or positive, got {max_wait_ms}")
+        self.handler = handler
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self.name = name
+        self.on_batch = on_batch
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.in_flight = 0  # items in the batch now running (read for metrics only)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> MicroBatcher[In, Out]:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"{self.name}-batcher", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop taking work, finish what is queued, then stop the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def depth(self) -> int:
+        """Items waiting for a batch (not counting the batch that is running)."""
+        return self._queue.qsize()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._closed
+
+    # --- submitting (event-loop side) ---------------------------------------------------------
+
+    def _check_room(self, count: int) -> None:
+        if self._closed or self._thread is None or not self._thread.is_alive():
+            raise BatcherClosed(f"the {self.name} batcher is not running")
+        if self._queue.qsize() + count > self.max_queue_size:
+            raise QueueFull(
+                f"the {self.name} queue is full ({self.max_queue_size} waiting); retry shortly"
+            )
+
+    async def submit(self, item: In) -> Out:
+        """Queue one input and wait for its output (or the handler's exception)."""
+        self._check_room(1)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Out] = loop.create_future()
+        self._queue.put((item, future, loop))
+        return await future
+
+    async def submit_many(self, items: Sequence[In]) -> list[Out]:
+        """Queue several inputs at once (all or none) and wait for all their outputs, in order."""
+        self._check_room(len(items))
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Out]] = []
+        for item in items:
+            future: asyncio.Future[Out] = loop.create_future()
+            futures.append(future)
+            self._queue.put((item, future, loop))
+        try:
+            return list(await asyncio.gather(*futures))
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+    # --- the inference thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        take = self._queue.get
+        take_now = self._queue.get_nowait
+        stopping = False
+        while not stopping:
+            first = take()
+            if first is _STOP:
+                break
+            batch = [first]
+            try:
+                while len(batch) < self.max_batch_size:
+                    entry = take_now()
+                    if entry is _STOP:
+                        stopping = True
+                        break
+                    batch.append(entry)
+            except queue.Empty:
+                pass
+            if self.max_wait_s and not stopping and len(batch) < self.max_batch_size:
+                stopping = self._fill(batch)
+            self._process(batch)
+        self._fail_leftovers()
+
+    def _fill(self, batch: list[Any]) -> bool:
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                entry = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                return False
+            if entry is _STOP:
+                return True
+            batch.append(entry)
+        return False
+
+    def _process(self, batch: list[Any]) -> None:
+        live = [entry for entry in batch if not entry[1].done()]  # skip cancelled requests
+        if not live:
+            return
+        self.in_flight = len(live)
+        started = time.perf_counter()
+        outputs: Sequence[Any] | None = None
+        error: BaseException | None = None
+        try:
+            outputs = self.handler([entry[0] for entry in live])
+            if len(outputs) != len(live):
+                raise RuntimeError(
+                    f"batch handler returned {len(outputs)} outputs for {len(live)} inputs"
+                )
+        except BaseException as exc:  # delivered to the batch's requests, never kills the thread
+            error = exc
+        finally:
+            self.in_flight = 0
+        if self.on_batch is not None:
+            try:
+                self.on_batch(len(live), time.perf_counter() - started)
+            except Exception:  # metrics must never break inference
+                logger.exception("on_batch callback failed")
+        loop = live[0][2]
+        if all(entry[2] is loop for entry in live):
+            self._deliver(loop, [entry[1] for entry in live], outputs, error)
+            return
+        for each_loop in {id(entry[2]): entry[2] for entry in live}.values():
+            picked = [i for i, entry in enumerate(live) if entry[2] is each_loop]
+            self._deliver(
+                each_loop,
+                [live[i][1] for i in picked],
+                None if outputs is None else [outputs[i] for i in picked],
+                error,
+            )
+
+    @staticmethod
+    def _deliver(
+        loop: asyncio.AbstractEventLoop,
+        futures: list[asyncio.Future[Any]],
+        outputs: Sequence[Any] | None,
+        error: BaseException | None,
+    ) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            loop.call_soon_threadsafe(_resolve, futures, outputs, error)
+
+    def _fail_leftovers(self) -> None:
+        while True:
+            try:
+                entry = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if entry is not _STOP:
+                self._deliver(
+                    entry[2], [entry[1]], None, BatcherClosed(f"the {self.name} batcher shut down")
+                )
+
+
+def _resolve(
+    futures: list[asyncio.Future[Any]], outputs: Sequence[Any] | None, error: BaseException | None
+) -> None:
+    if error is not None:
+        for future in futures:
+            if not future.done():
+                future.set_exception(error)
+        return
+    assert outputs is not None
+    for future, output in zip(futures, outputs, strict=True):
+        if not future.done():
+            future.set_result(output)

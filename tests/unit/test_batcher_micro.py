@@ -1,0 +1,145 @@
+"""The micro-batcher: no idle timer, batches form under load, bounded queue, errors delivered."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from service.inference.batcher import BatcherClosed, MicroBatcher, QueueFull
+
+
+def squares(xs: list[int]) -> list[int]:
+    return [x * x for x in xs]
+
+
+async def test_a_lone_request_runs_at_once_without_a_timer_wait():
+    batcher = MicroBatcher(squares, max_batch_size=32, max_wait_ms=0).start()
+    try:
+        await batcher.submit(1)  # thread warm
+        started = time.perf_counter()
+        for value in range(20):
+            assert await batcher.submit(value) == value * value
+        per_request_ms = (time.perf_counter() - started) * 1000 / 20
+    finally:
+        batcher.close()
+    assert per_request_ms < 2.0, f"a lone request took {per_request_ms:.2f} ms on an idle batcher"
+
+
+async def test_requests_arriving_while_a_batch_runs_form_the_next_batch():
+    sizes: list[int] = []
+    gate = threading.Event()
+
+    def slow(xs: list[int]) -> list[int]:
+        sizes.append(len(xs))
+        gate.wait(2)
+        return squares(xs)
+
+    batcher = MicroBatcher(slow, max_batch_size=8).start()
+    try:
+        first = asyncio.ensure_future(batcher.submit(0))
+        while not sizes:  # the first batch (of one) is now running
+            await asyncio.sleep(0.001)
+        rest = [asyncio.ensure_future(batcher.submit(v)) for v in range(1, 11)]
+        await asyncio.sleep(0.01)
+        gate.set()
+        results = await asyncio.gather(first, *rest)
+    finally:
+        batcher.close()
+    assert results == [v * v for v in range(11)]
+    assert sizes == [1, 8, 2], "waiting requests must be taken up to max_batch_size at once"
+
+
+async def test_max_wait_fills_a_batch_when_configured():
+    sizes: list[int] = []
+
+    def record(xs: list[int]) -> list[int]:
+        sizes.append(len(xs))
+        return squares(xs)
+
+    batcher = MicroBatcher(record, max_batch_size=4, max_wait_ms=200).start()
+    try:
+        first = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.02)
+        second = asyncio.ensure_future(batcher.submit(2))
+        assert await asyncio.gather(first, second) == [1, 4]
+    finally:
+        batcher.close()
+    assert sizes == [2]
+
+
+async def test_a_full_queue_refuses_with_queue_full_instead_of_growing():
+    gate = threading.Event()
+
+    def blocked(xs: list[int]) -> list[int]:
+        gate.wait(2)
+        return squares(xs)
+
+    batcher = MicroBatcher(blocked, max_batch_size=1, max_queue_size=2).start()
+    try:
+        running = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.02)  # taken by the thread, blocked in the handler
+        waiting = [asyncio.ensure_future(batcher.submit(v)) for v in (1, 2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull) as refused:
+            await batcher.submit(3)
+        assert refused.value.retry_after >= 1
+        with pytest.raises(QueueFull):
+            await batcher.submit_many([4, 5, 6])
+        gate.set()
+        assert await asyncio.gather(running, *waiting) == [0, 1, 4]
+    finally:
+        batcher.close()
+
+
+async def test_a_handler_error_fails_only_its_batch_and_the_thread_carries_on():
+    def picky(xs: list[int]) -> list[int]:
+        if 13 in xs:
+            raise ValueError("unlucky")
+        return squares(xs)
+
+    batcher = MicroBatcher(picky, max_batch_size=1).start()
+    try:
+        with pytest.raises(ValueError, match="unlucky"):
+            await batcher.submit(13)
+        assert await batcher.submit(3) == 9
+    finally:
+        batcher.close()
+
+
+async def test_a_handler_returning_the_wrong_count_is_an_error_not_a_hang():
+    batcher = MicroBatcher(lambda xs: [], max_batch_size=4).start()
+    try:
+        with pytest.raises(RuntimeError, match="returned 0 outputs for 1 inputs"):
+            await asyncio.wait_for(batcher.submit(1), 2)
+    finally:
+        batcher.close()
+
+
+async def test_submit_many_keeps_order_and_reports_batches():
+    seen: list[tuple[int, float]] = []
+    batcher = MicroBatcher(
+        squares, max_batch_size=5, on_batch=lambda size, seconds: seen.append((size, seconds))
+    ).start()
+    try:
+        assert await batcher.submit_many(list(range(12))) == [v * v for v in range(12)]
+    finally:
+        batcher.close()
+    assert sum(size for size, _ in seen) == 12
+    assert max(size for size, _ in seen) <= 5
+
+
+async def test_a_closed_batcher_refuses_new_work():
+    batcher = MicroBatcher(squares).start()
+    batcher.close()
+    with pytest.raises(BatcherClosed):
+        await batcher.submit(1)
+
+
+def test_construction_validates_its_settings_with_a_fix():
+    with pytest.raises(ValueError, match="max_batch_size must be at least 1"):
+        MicroBatcher(squares, max_batch_size=0)
+    with pytest.raises(ValueError, match="max_wait_ms must be 0"):
+        MicroBatcher(squares, max_wait_ms=-1)

@@ -1,0 +1,153 @@
+"""Request parsing: JSON pixels and uploaded images -> validated uint8 [28,28], or a 4xx."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import orjson
+import pytest
+from PIL import Image
+
+from service.api.inputs import (
+    InputError,
+    digit_from_image,
+    digit_from_json,
+    digit_from_pixels,
+    digits_from_batch_json,
+)
+from service.ml.preprocess import pixels_to_array
+
+LIMIT = 25_000_000
+
+
+def body(pixels: object) -> bytes:
+    return orjson.dumps({"pixels": pixels})
+
+
+def png_bytes(image: Image.Image, **save: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=save.pop("format", "PNG"), **save)
+    return buffer.getvalue()
+
+
+def test_flat_and_row_pixels_give_the_same_digit_as_the_reference_checker():
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 255, 784)
+    flat = digit_from_json(body(values.tolist()))
+    rows = digit_from_json(body(values.reshape(28, 28).tolist()))
+    floats = digit_from_json(body((values + 0.2).tolist()))
+    assert flat.dtype == np.uint8 and flat.shape == (28, 28)
+    assert np.array_equal(flat, rows) and np.array_equal(flat, floats)
+    assert np.array_equal(flat, pixels_to_array(values.tolist()))
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "message"),
+    [
+        (b"", 400, "body is empty"),
+        (b"{not json", 400, "not valid JSON"),
+        (b'{"pixels": [NaN]}', 400, "NaN"),
+        (b'{"pics": []}', 422, '"pixels" field'),
+        (b"[1, 2, 3]", 422, '"pixels" field'),
+        (body([0] * 783), 422, "expected 784 numbers"),
+        (body([[0] * 28] * 27 + [[0] * 27]), 422, "row 27 has 27 values"),
+        (body([0] * 783 + ["7"]), 422, "pixel 783 is '7'"),
+        (body([0] * 783 + [True]), 422, "pixel 783 is True"),
+        (body([0] * 783 + [None]), 422, "pixel 783 is None"),
+        (body([0] * 783 + [256]), 422, "pixel 783 is 256"),
+        (body([-1] + [0] * 783), 422, "pixel 0 is -1"),
+        (b'{"pixels": [' + b"0," * 783 + b"1e400]}", 400, "infinity"),
+        (body("0" * 784), 422, "pixels must be a list"),
+    ],
+)
+def test_bad_json_pixels_are_refused_with_a_status_and_a_message(payload, status, message):
+    with pytest.raises(InputError) as refused:
+        digit_from_json(payload)
+    assert refused.value.status_code == status
+    assert message in refused.value.message
+
+
+def test_python_nan_from_other_parsers_is_refused_too():
+    with pytest.raises(InputError, match="not a finite number"):
+        digit_from_pixels([float("nan")] + [0.0] * 783)
+
+
+def test_batches_keep_order_and_name_the_bad_item():
+    digits = digits_from_batch_json(
+        orjson.dumps({"items": [{"pixels": [i] * 784} for i in range(3)]}), max_items=4
+    )
+    assert [int(d[0, 0]) for d in digits] == [0, 1, 2]
+    with pytest.raises(InputError, match="item 1: expected 784"):
+        digits_from_batch_json(orjson.dumps({"items": [{"pixels": [0] * 784}, {"pixels": [1]}]}), 4)
+    with pytest.raises(InputError) as too_many:
+        digits_from_batch_json(orjson.dumps({"items": [{"pixels": [0] * 784}] * 5}), max_items=4)
+    assert too_many.value.status_code == 413
+    with pytest.raises(InputError, match="empty"):
+        digits_from_batch_json(b'{"items": []}', 4)
+
+
+def digit_image(mode: str = "L") -> Image.Image:
+    canvas = Image.new("L", (120, 160), 255)
+    canvas.paste(0, (50, 30, 70, 130))  # a dark vertical bar: a "1"
+    return canvas.convert(mode)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "GIF"])
+def test_every_supported_format_decodes_to_a_centred_light_on_dark_digit(fmt):
+    mode = "RGB" if fmt in ("JPEG", "WEBP", "BMP") else "L"
+    digit = digit_from_image(png_bytes(digit_image(mode), format=fmt), max_pixels=LIMIT)
+    assert digit.shape == (28, 28) and digit.dtype == np.uint8
+    assert digit[14, 14] > 200 and digit[0, 0] == 0
+
+
+def test_a_non_image_file_is_422_and_an_unsupported_type_is_415():
+    with pytest.raises(InputError) as not_image:
+        digit_from_image(b"hello, I am text", max_pixels=LIMIT)
+    assert not_image.value.status_code == 422
+    with pytest.raises(InputError) as declared:
+        digit_from_image(png_bytes(digit_image()), max_pixels=LIMIT, content_type="text/plain")
+    assert declared.value.status_code == 415
+    with pytest.raises(InputError) as tiff:
+        digit_from_image(png_bytes(digit_image(), format="TIFF"), max_pixels=LIMIT)
+    assert tiff.value.status_code == 415 and "TIFF" in tiff.value.message
+
+
+def test_a_truncated_image_is_refused_with_422():
+    data = png_bytes(digit_image("RGB"), format="JPEG")
+    with pytest.raises(InputError) as truncated:
+        digit_from_image(data[: len(data) // 2], max_pixels=LIMIT)
+    assert truncated.value.status_code == 422
+    assert "truncated" in truncated.value.message
+
+
+def test_an_animated_image_is_refused_with_422():
+    frames = [digit_image("P"), Image.new("P", (120, 160), 3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    with pytest.raises(InputError, match="multi-frame") as animated:
+        digit_from_image(buffer.getvalue(), max_pixels=LIMIT)
+    assert animated.value.status_code == 422
+
+
+@pytest.mark.parametrize("side", [10_000, 20_000])  # 100 MP (our limit), 400 MP (Pillow's too)
+def test_a_decompression_bomb_is_refused_from_its_header_before_decoding(side):
+    bomb = png_bytes(Image.new("1", (side, side), 1), optimize=True)
+    assert len(bomb) < 200_000, "a few KB that would decode to hundreds of MB"
+    with pytest.raises(InputError) as refused:
+        digit_from_image(bomb, max_pixels=LIMIT)
+    assert refused.value.status_code == 413
+    assert "refused before decoding" in refused.value.message
+
+
+def test_an_image_over_the_byte_limit_is_413():
+    data = png_bytes(digit_image())
+    with pytest.raises(InputError) as refused:
+        digit_from_image(data, max_pixels=LIMIT, max_bytes=len(data) - 1)
+    assert refused.value.status_code == 413
+
+
+def test_a_blank_image_says_no_digit_was_found():
+    with pytest.raises(InputError, match="no digit found") as blank:
+        digit_from_image(png_bytes(Image.new("RGB", (64, 64), "white")), max_pixels=LIMIT)
+    assert blank.value.status_code == 422
