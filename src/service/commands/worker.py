@@ -1,0 +1,83 @@
+"""``lab2prod worker``: consume inference jobs from RabbitMQ, results to Redis.
+
+``--processes N`` (alias ``--concurrency``) starts N worker processes that share the queue;
+this process then only forwards SIGTERM/SIGINT to them and waits. With a metrics port set,
+process i serves Prometheus metrics on port + i.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from service.settings import Settings, get_settings
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "worker",
+        help="run batched inference on queued jobs (needs AMQP_URL and REDIS_URL)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--processes", "--concurrency", type=int, default=1, metavar="N",
+        help="worker processes sharing the queue (default 1; e.g. one per GPU)",
+    )
+    parser.add_argument("--queue", help="queue name (default: QUEUE_NAME)")
+    parser.add_argument(
+        "--metrics-port", type=int, help="Prometheus port (default: WORKER_METRICS_PORT)"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.processes < 1:
+        print("lab2prod worker: --processes must be 1 or more", file=sys.stderr)
+        return 2
+    overrides: dict[str, Any] = {}
+    if args.queue:
+        overrides["queue_name"] = args.queue
+    if args.metrics_port is not None:
+        overrides["worker_metrics_port"] = args.metrics_port
+    settings = get_settings().model_copy(update=overrides)
+    if args.processes > 1:
+        return _supervise(args.processes, settings)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
+    )
+    from service.ml.checkpoint import CheckpointError
+    from service.queue.runner import WorkerConfigError, run_worker
+    from service.release.registry import RegistryError
+
+    try:
+        return asyncio.run(run_worker(settings))
+    except (WorkerConfigError, RegistryError, CheckpointError) as exc:
+        print(f"lab2prod worker: {exc}", file=sys.stderr)
+        return 1
+
+
+def _supervise(processes: int, settings: Settings) -> int:
+    """Start the children, forward stop signals, return the worst exit code."""
+    children = []
+    for index in range(processes):
+        command = [sys.executable, "-m", "service.cli", "worker", "--queue", settings.queue_name]
+        port = settings.worker_metrics_port
+        command += ["--metrics-port", str(port + index if port else 0)]
+        children.append(subprocess.Popen(command))
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, key=abs)

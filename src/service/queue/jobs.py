@@ -1,0 +1,161 @@
+"""The job on the queue and the result record that ``GET /result/{inference_id}`` reads.
+
+A job body is JSON (readable in the RabbitMQ management UI)::
+
+    {"schema": "lab2prod-job/1", "inference_id": "<uuid4>", "pixels": [784 ints 0..255],
+     "submitted_at": <unix seconds>}
+
+The API validates pixels before publishing; the worker validates them again with the same
+``pixels_to_array`` so a hand-made or corrupted message is a ``PoisonJob``, never a crash.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import orjson
+
+from service.ml.preprocess import InvalidPixels, pixels_to_array
+
+JOB_SCHEMA = "lab2prod-job/1"
+
+
+class PoisonJob(ValueError):
+    """A message the worker can never process (malformed JSON, wrong shape, no id)."""
+
+    def __init__(self, message: str, inference_id: str | None = None) -> None:
+        super().__init__(message)
+        self.inference_id = inference_id
+
+
+@dataclass(frozen=True)
+class Job:
+    inference_id: str
+    image: np.ndarray  # uint8 [28,28], MNIST convention (light ink on dark)
+    submitted_at: float
+
+    @classmethod
+    def create(cls, image: np.ndarray) -> Job:
+        """A new job with a fresh uuid4 id for an already validated uint8 [28,28] digit."""
+        return cls(inference_id=str(uuid.uuid4()), image=image, submitted_at=time.time())
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "schema": JOB_SCHEMA,
+                "inference_id": self.inference_id,
+                "pixels": self.image.reshape(-1).tolist(),
+                "submitted_at": self.submitted_at,
+            }
+        )
+
+
+def decode_job(body: bytes, message_id: str | None = None) -> Job:
+    """Message body -> Job, or PoisonJob naming what is wrong (and the id, when known)."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise PoisonJob(f"message body is not JSON ({exc})", message_id) from exc
+    if not isinstance(payload, dict):
+        raise PoisonJob("message body is not a JSON object", message_id)
+    inference_id = payload.get("inference_id") or message_id
+    if not isinstance(inference_id, str) or not is_inference_id(inference_id):
+        raise PoisonJob(f"message has no valid inference_id (got {inference_id!r})", message_id)
+    if payload.get("schema") != JOB_SCHEMA:
+        schema = payload.get("schema")
+        raise PoisonJob(f"unknown job schema {schema!r}; expected {JOB_SCHEMA!r}", inference_id)
+    try:
+        image = pixels_to_array(payload.get("pixels"))  # type: ignore[arg-type]
+    except InvalidPixels as exc:
+        raise PoisonJob(f"invalid pixels: {exc}", inference_id) from exc
+    submitted_at = payload.get("submitted_at")
+    if not isinstance(submitted_at, int | float):
+        submitted_at = time.time()
+    return Job(inference_id=inference_id, image=image, submitted_at=float(submitted_at))
+
+
+def is_inference_id(value: str) -> bool:
+    """True for a canonical uuid string (what ``Job.create`` makes)."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except (ValueError, AttributeError, TypeError):
+        return False
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """One record per inference id in the result store; ``public()`` is the API's body."""
+
+    inference_id: str
+    status: JobStatus
+    predicted_class: int | None = None
+    confidence: float | None = None
+    model_version: str | None = None
+    error: str | None = None
+    attempts: int | None = None
+    completed_at: float | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status is not JobStatus.PENDING
+
+    @classmethod
+    def pending(cls, inference_id: str) -> JobResult:
+        return cls(inference_id=inference_id, status=JobStatus.PENDING)
+
+    @classmethod
+    def done(
+        cls, inference_id: str, probabilities: np.ndarray, model_version: str, attempts: int
+    ) -> JobResult:
+        predicted = int(np.argmax(probabilities))
+        return cls(
+            inference_id=inference_id,
+            status=JobStatus.DONE,
+            predicted_class=predicted,
+            confidence=float(probabilities[predicted]),
+            model_version=model_version,
+            attempts=attempts,
+            completed_at=time.time(),
+        )
+
+    @classmethod
+    def failed(cls, inference_id: str, error: str, attempts: int) -> JobResult:
+        return cls(
+            inference_id=inference_id,
+            status=JobStatus.FAILED,
+            error=error,
+            attempts=attempts,
+            completed_at=time.time(),
+        )
+
+    def public(self) -> dict[str, Any]:
+        """The contract body of GET /result for this status."""
+        body: dict[str, Any] = {"inference_id": self.inference_id, "status": self.status.value}
+        if self.status is JobStatus.DONE:
+            body.update(
+                predicted_class=self.predicted_class,
+                confidence=self.confidence,
+                model_version=self.model_version,
+            )
+        elif self.status is JobStatus.FAILED:
+            body["error"] = self.error
+        return body
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({**asdict(self), "status": self.status.value})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> JobResult:
+        data = orjson.loads(raw)
+        return cls(**{**data, "status": JobStatus(data["status"])})

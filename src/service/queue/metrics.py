@@ -1,0 +1,39 @@
+"""Prometheus metrics of the job queue and its workers (default registry, so an API that runs
+the embedded worker exposes them on its own ``/metrics`` too)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+JOBS = Counter(
+    "lab2prod_jobs_processed_total",
+    "Job deliveries handled by workers, by outcome "
+    "(done, failed, retried, duplicate: a redelivery whose result was already final).",
+    ["outcome"],
+)
+BATCH_SIZE = Histogram(
+    "lab2prod_jobs_batch_size",
+    "Jobs per worker forward pass.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+INFERENCE_SECONDS = Histogram(
+    "lab2prod_jobs_inference_seconds",
+    "Worker forward-pass time per batch (preprocessing included).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+LATENCY_SECONDS = Histogram(
+    "lab2prod_jobs_latency_seconds",
+    "Submit to stored result, per job.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+QUEUE_DEPTH = Gauge("lab2prod_jobs_queue_depth", "Messages ready in the job queue.", ["queue"])
+QUEUE_CONSUMERS = Gauge("lab2prod_jobs_queue_consumers", "Consumers of the job queue.", ["queue"])
+DEAD_LETTERS = Gauge("lab2prod_jobs_dead_letters", "Messages in the dead-letter queue.", ["queue"])
+MODEL_INFO = Gauge(
+    "lab2prod_jobs_model_info", "The model version a worker serves (1 = current).", ["version"]
+)
+
+
+def set_model_version(version: str) -> None:
+    MODEL_INFO.clear()
+    MODEL_INFO.labels(version=version).set(1)
