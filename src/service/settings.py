@@ -14,7 +14,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-RuntimeName = Literal["auto", "eager", "torchscript", "compile", "onnx", "int8", "channels-last"]
+RuntimeName = Literal[
+    "auto", "eager", "torchscript", "compile", "onnx", "onnx-int8", "int8", "channels-last"
+]
 
 
 class Settings(BaseSettings):
