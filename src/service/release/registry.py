@@ -73,7 +73,7 @@ class Registry:
         aliases = self.aliases()
         version = aliases.get(ref, ref)
         if not _VERSION.match(version) or version not in self.versions():
-            if ref in (PRODUCTION, *aliases):
+            if ref in aliases:
                 raise RegistryError(
                     f"alias {ref!r} of {self.model_name} points at {version!r}, which is missing"
                 )
@@ -82,7 +82,9 @@ class Registry:
                 if not self.versions()
                 else f"known versions: {', '.join(self.versions())}; aliases: {aliases or 'none'}"
             )
-            raise RegistryError(f"no model {ref!r} for {self.model_name} in registry {self.url}: {hint}")
+            raise RegistryError(
+                f"no model {ref!r} for {self.model_name} in registry {self.url}: {hint}"
+            )
         return version
 
     def card(self, ref: str) -> dict[str, Any]:
@@ -106,12 +108,30 @@ class Registry:
     # --- writing -----------------------------------------------------------------------------
 
     def publish(
-        self, checkpoint: str | Path, card: dict[str, Any], *, aliases: tuple[str, ...] = (PRODUCTION,)
+        self,
+        checkpoint: str | Path,
+        card: dict[str, Any],
+        *,
+        aliases: tuple[str, ...] = (PRODUCTION,),
+        expect: dict[str, str | None] | None = None,
     ) -> str:
-        """Copy a checkpoint in as the next version and move ``aliases`` to it; returns the version."""
+        """Copy a checkpoint in as the next version and move ``aliases`` to it; returns the version.
+
+        ``expect`` ({alias: version or None}) makes the publish conditional: when an alias no
+        longer names what the caller compared against (another release moved it meanwhile),
+        nothing is written and RegistryError says so.
+        """
         checkpoint = Path(checkpoint)
         digest = _file_digest(checkpoint)
         with self._locked():
+            current = self.aliases()
+            for alias, wanted in (expect or {}).items():
+                if current.get(alias) != wanted:
+                    raise RegistryError(
+                        f"{self.model_name} {alias!r} moved to {current.get(alias) or 'nothing'} "
+                        f"while this release was compared against {wanted or 'nothing'}; "
+                        "run the release again to compare against the new model"
+                    )
             existing = self.versions()
             version = f"v{int(existing[-1][1:]) + 1 if existing else 1}"
             staging = f"{self.root}/.staging-{uuid.uuid4().hex}"
@@ -142,7 +162,9 @@ class Registry:
         with self._locked():
             aliases = self.aliases()
             if PREVIOUS not in aliases:
-                raise RegistryError(f"nothing to roll back to: {self.model_name} has no 'previous' alias")
+                raise RegistryError(
+                    f"nothing to roll back to: {self.model_name} has no 'previous' alias"
+                )
             target = self.resolve(PREVIOUS)
             self._move_alias(PRODUCTION, target)
         return target

@@ -1,0 +1,485 @@
+"""The release gate: a versioned policy file and a run's records -> a verdict, per criterion.
+
+The gate reads only what the notebooks wrote (``train.json``, ``evaluation.json``, the
+checkpoint), never cell outputs. Every criterion gives ``{name, passed, measured, required,
+detail}``; the release goes ahead only when all pass. With no champion in production (the
+first release) the regression criteria pass as "skipped" and only the absolute ones decide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+TRAIN_RECORD = "train.json"
+EVALUATION_RECORD = "evaluation.json"
+CHECKPOINT = "model.safetensors"
+
+
+class PolicyError(ValueError):
+    """The policy file is missing or malformed; the message names the file and the fix."""
+
+
+class Criteria(BaseModel):
+    """Thresholds one release must meet."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_accuracy: float = Field(ge=0, le=1)
+    min_class_recall: float = Field(ge=0, le=1)
+    max_accuracy_drop: float = Field(ge=0, le=1, description="Versus the champion, same data.")
+    max_class_recall_drop: float = Field(ge=0, le=1, description="Per class, versus the champion.")
+    sample_probability_atol: float = Field(
+        1e-4, ge=0, description="Serving vs notebook probabilities on the recorded sample."
+    )
+    min_runtime_agreement: float = Field(
+        0.995, ge=0, le=1, description="Serving runtime vs eager, share of equal predictions."
+    )
+    max_runtime_accuracy_drop: float = Field(
+        0.002, ge=0, le=1, description="Serving runtime vs eager accuracy on the evaluation split."
+    )
+
+
+class CriteriaOverride(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_accuracy: float | None = Field(None, ge=0, le=1)
+    min_class_recall: float | None = Field(None, ge=0, le=1)
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1)
+    max_class_recall_drop: float | None = Field(None, ge=0, le=1)
+    sample_probability_atol: float | None = Field(None, ge=0)
+    min_runtime_agreement: float | None = Field(None, ge=0, le=1)
+    max_runtime_accuracy_drop: float | None = Field(None, ge=0, le=1)
+
+
+class Policy(BaseModel):
+    """``release-policy.yaml``: default criteria plus per-dataset overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy_version: int = Field(1, ge=1)
+    criteria: Criteria
+    datasets: dict[str, CriteriaOverride] = Field(default_factory=dict)
+
+    def for_dataset(self, name: str | None) -> Criteria:
+        override = self.datasets.get(name or "")
+        if override is None:
+            return self.criteria
+        changes = override.model_dump(exclude_none=True)
+        return self.criteria.model_copy(update=changes)
+
+
+def load_policy(path: str | Path) -> tuple[Policy, dict[str, Any]]:
+    """The policy and where it came from (path, sha256) for the run record."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(
+            f"cannot read the release policy {path} ({exc.strerror}); pass --policy FILE or set "
+            "RELEASE_POLICY"
+        ) from exc
+    try:
+        policy = Policy.model_validate(yaml.safe_load(raw) or {})
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"release policy {path} is not valid YAML: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise PolicyError(f"release policy {path} is invalid: {problems}") from exc
+    source = {"path": str(path), "sha256": "sha256:" + hashlib.sha256(raw).hexdigest()}
+    return policy, source
+
+
+@dataclass
+class CriterionResult:
+    name: str
+    passed: bool
+    measured: Any
+    required: str
+    detail: str = ""
+
+
+@dataclass
+class Verdict:
+    passed: bool
+    dataset: str | None
+    criteria: list[CriterionResult] = field(default_factory=list)
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[CriterionResult]:
+        return [criterion for criterion in self.criteria if not criterion.passed]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "dataset": self.dataset,
+            "thresholds": self.thresholds,
+            "criteria": [asdict(criterion) for criterion in self.criteria],
+        }
+
+
+@dataclass
+class NotebookOutcome:
+    """How one notebook run ended: ``error`` is None when every cell ran."""
+
+    name: str
+    path: str
+    error: str | None = None
+    ran: bool = True
+
+
+@dataclass
+class RunRecords:
+    """What the notebooks wrote into the run folder (None where a record is missing)."""
+
+    run_dir: Path
+    train: dict[str, Any] | None
+    evaluation: dict[str, Any] | None
+    checkpoint: Path | None
+    problems: list[str] = field(default_factory=list)
+
+
+def read_records(run_dir: str | Path) -> RunRecords:
+    run_dir = Path(run_dir)
+    problems: list[str] = []
+    documents: dict[str, dict[str, Any] | None] = {}
+    for name in (TRAIN_RECORD, EVALUATION_RECORD):
+        path = run_dir / name
+        try:
+            documents[name] = json.loads(path.read_text())
+        except FileNotFoundError:
+            documents[name] = None
+            problems.append(f"{name} missing")
+        except (OSError, json.JSONDecodeError) as exc:
+            documents[name] = None
+            problems.append(f"{name} unreadable ({exc})")
+    checkpoint_name = (documents[TRAIN_RECORD] or {}).get("checkpoint") or CHECKPOINT
+    checkpoint: Path | None = run_dir / checkpoint_name
+    if not checkpoint.is_file():  # type: ignore[union-attr]
+        problems.append(f"{checkpoint_name} missing")
+        checkpoint = None
+    return RunRecords(
+        run_dir, documents[TRAIN_RECORD], documents[EVALUATION_RECORD], checkpoint, problems
+    )
+
+
+def decide(
+    policy: Policy,
+    *,
+    notebooks: list[NotebookOutcome],
+    records: RunRecords,
+    champion_version: str | None,
+    dataset_hint: str | None = None,
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    serving_runtime: str = "auto",
+) -> Verdict:
+    """Apply the policy to one run: one CriterionResult per criterion, in a fixed order."""
+    evaluation = records.evaluation
+    dataset_name = ((evaluation or {}).get("dataset") or {}).get("name") or dataset_hint
+    criteria = policy.for_dataset(dataset_name)
+    results = [_notebooks_executed(notebooks), _records_complete(records)]
+    candidate = (evaluation or {}).get("candidate") if _usable(evaluation) else None
+    if candidate is None:
+        reason = "not measured: " + (
+            "a notebook failed" if any(nb.error or not nb.ran for nb in notebooks)
+            else "evaluation.json is missing or has no candidate metrics"
+        )
+        for name, required in _metric_requirements(criteria, champion_version):
+            results.append(CriterionResult(name, False, None, required, reason))
+    else:
+        results.append(_min_accuracy(candidate, criteria))
+        results.append(_min_class_recall(candidate, criteria))
+        champion = evaluation.get("champion") if evaluation else None
+        results.extend(_no_regression(candidate, champion, champion_version, criteria))
+        results.extend(_serving_checks(records, criteria, data_dir=data_dir, device=device,
+                                       serving_runtime=serving_runtime))
+    return Verdict(
+        passed=all(result.passed for result in results),
+        dataset=dataset_name,
+        criteria=results,
+        thresholds=criteria.model_dump(),
+    )
+
+
+# --- criteria ---------------------------------------------------------------------------------
+
+
+def _usable(evaluation: dict[str, Any] | None) -> bool:
+    return bool(evaluation) and isinstance(evaluation.get("candidate"), dict)  # type: ignore[union-attr]
+
+
+def _metric_requirements(criteria: Criteria, champion_version: str | None) -> list[tuple[str, str]]:
+    against = f"champion {champion_version}" if champion_version else "no champion"
+    return [
+        ("min_accuracy", f">= {criteria.min_accuracy:.4f}"),
+        ("min_class_recall", f">= {criteria.min_class_recall:.4f}"),
+        ("no_accuracy_regression", f"drop <= {criteria.max_accuracy_drop:.4f} vs {against}"),
+        ("no_class_recall_regression",
+         f"drop <= {criteria.max_class_recall_drop:.4f} vs {against}"),
+        ("serving_parity", "0 mismatches"),
+        ("serving_runtime", f"agreement >= {criteria.min_runtime_agreement:.4f}"),
+    ]
+
+
+def _notebooks_executed(notebooks: list[NotebookOutcome]) -> CriterionResult:
+    failed = [nb for nb in notebooks if nb.error or not nb.ran]
+    details = []
+    for nb in failed:
+        details.append(f"{nb.name}: {nb.error} (executed notebook kept at {nb.path})"
+                       if nb.error else f"{nb.name}: not run")
+    return CriterionResult(
+        name="notebooks_executed",
+        passed=not failed and bool(notebooks),
+        measured=[nb.name for nb in failed] if failed else "all cells ran",
+        required="every notebook runs without error",
+        detail="; ".join(details) or ", ".join(nb.name for nb in notebooks) + " executed cleanly",
+    )
+
+
+def _records_complete(records: RunRecords) -> CriterionResult:
+    return CriterionResult(
+        name="run_records",
+        passed=not records.problems,
+        measured="; ".join(records.problems) or "complete",
+        required=f"{TRAIN_RECORD}, {EVALUATION_RECORD} and the checkpoint in the run folder",
+        detail=str(records.run_dir),
+    )
+
+
+def _recalls(metrics: dict[str, Any]) -> dict[str, float]:
+    """Class -> recall, for classes that have test examples (recall is undefined without)."""
+    return {
+        str(row["class"]): float(row["recall"])
+        for row in metrics.get("per_class", [])
+        if int(row.get("support", 0)) > 0
+    }
+
+
+def _min_accuracy(candidate: dict[str, Any], criteria: Criteria) -> CriterionResult:
+    accuracy = float(candidate["accuracy"])
+    return CriterionResult(
+        name="min_accuracy",
+        passed=accuracy >= criteria.min_accuracy,
+        measured=round(accuracy, 6),
+        required=f">= {criteria.min_accuracy:.4f}",
+        detail="candidate accuracy on the evaluation split",
+    )
+
+
+def _min_class_recall(candidate: dict[str, Any], criteria: Criteria) -> CriterionResult:
+    recalls = _recalls(candidate)
+    if not recalls:
+        return CriterionResult("min_class_recall", False, None,
+                               f">= {criteria.min_class_recall:.4f}",
+                               "no per-class metrics recorded")
+    worst_class = min(recalls, key=recalls.__getitem__)
+    below = {name: value for name, value in recalls.items() if value < criteria.min_class_recall}
+    return CriterionResult(
+        name="min_class_recall",
+        passed=not below,
+        measured=round(recalls[worst_class], 6),
+        required=f">= {criteria.min_class_recall:.4f}",
+        detail=(
+            "below: " + ", ".join(f"class {name} {value:.4f}" for name, value in below.items())
+            if below else f"worst class {worst_class}"
+        ),
+    )
+
+
+def _no_regression(
+    candidate: dict[str, Any],
+    champion: dict[str, Any] | None,
+    champion_version: str | None,
+    criteria: Criteria,
+) -> list[CriterionResult]:
+    overall_required = f"drop <= {criteria.max_accuracy_drop:.4f}"
+    class_required = f"drop <= {criteria.max_class_recall_drop:.4f}"
+    if champion_version is None:
+        skipped = "skipped: no champion in production (first release), absolute criteria only"
+        return [
+            CriterionResult("no_accuracy_regression", True, None, overall_required, skipped),
+            CriterionResult("no_class_recall_regression", True, None, class_required, skipped),
+        ]
+    if not isinstance(champion, dict):
+        missing = (f"champion {champion_version} was passed to evaluate.ipynb but evaluation.json "
+                   "holds no champion metrics")
+        return [
+            CriterionResult("no_accuracy_regression", False, None, overall_required, missing),
+            CriterionResult("no_class_recall_regression", False, None, class_required, missing),
+        ]
+    drop = float(champion["accuracy"]) - float(candidate["accuracy"])
+    overall = CriterionResult(
+        name="no_accuracy_regression",
+        passed=drop <= criteria.max_accuracy_drop + 1e-12,
+        measured=round(drop, 6),
+        required=overall_required,
+        detail=(f"candidate {float(candidate['accuracy']):.4f} vs champion {champion_version} "
+                f"{float(champion['accuracy']):.4f} on the same data"),
+    )
+    candidate_recalls, champion_recalls = _recalls(candidate), _recalls(champion)
+    drops = {
+        name: champion_recalls[name] - candidate_recalls.get(name, 0.0) for name in champion_recalls
+    }
+    worst = max(drops, key=drops.__getitem__) if drops else None
+    over = {name: value for name, value in drops.items()
+            if value > criteria.max_class_recall_drop + 1e-12}
+    per_class = CriterionResult(
+        name="no_class_recall_regression",
+        passed=not over and worst is not None,
+        measured=round(drops[worst], 6) if worst is not None else None,
+        required=class_required,
+        detail=(
+            "worse: " + ", ".join(
+                f"class {name} {candidate_recalls.get(name, 0.0):.4f} vs "
+                f"{champion_recalls[name]:.4f}" for name in over)
+            if over else (f"largest drop: class {worst}" if worst is not None
+                          else "no per-class metrics for the champion")
+        ) + f" (champion {champion_version})",
+    )
+    return [overall, per_class]
+
+
+def _serving_checks(
+    records: RunRecords, criteria: Criteria, *, data_dir: str | Path | None, device: str,
+    serving_runtime: str,
+) -> list[CriterionResult]:
+    """The checkpoint through the serving code: exact replay, then the runtime serving picks."""
+    parity_required = f"0 mismatches, |dp| <= {criteria.sample_probability_atol:g}"
+    runtime_required = (f"agreement >= {criteria.min_runtime_agreement:.4f}, accuracy drop "
+                        f"<= {criteria.max_runtime_accuracy_drop:.4f}")
+    try:
+        dataset = evaluation_dataset(records, data_dir=data_dir)
+    except Exception as exc:  # the data the notebook evaluated cannot be reproduced here
+        failure = f"{type(exc).__name__}: {exc}"
+        return [CriterionResult("serving_parity", False, None, parity_required, failure),
+                CriterionResult("serving_runtime", False, None, runtime_required, failure)]
+    return [
+        _serving_parity(records, dataset, criteria, parity_required, device),
+        _serving_runtime(records, dataset, criteria, runtime_required, device, serving_runtime),
+    ]
+
+
+def evaluation_dataset(records: RunRecords, *, data_dir: str | Path | None = None) -> Any:
+    """The evaluation data exactly as evaluate.ipynb loaded it (checked by fingerprint)."""
+    from service.ml.data import load_dataset
+
+    described = (records.evaluation or {}).get("dataset") or {}
+    split = described.get("split") or {}
+    dataset = load_dataset(
+        described["name"],
+        split.get("folder") or data_dir or None,
+        limit=split.get("train_limit"),
+        test_limit=split.get("test_limit"),
+    )
+    if described.get("fingerprint") and dataset.fingerprint() != described["fingerprint"]:
+        raise ValueError(
+            f"the gate loaded different {described['name']} data than evaluate.ipynb "
+            f"(fingerprint {dataset.fingerprint()[:19]} vs {described['fingerprint'][:19]})"
+        )
+    return dataset
+
+
+def _serving_parity(
+    records: RunRecords, dataset: Any, criteria: Criteria, required: str, device: str
+) -> CriterionResult:
+    """Load the checkpoint as serving does (eager) and replay the notebook's recorded sample."""
+    try:
+        mismatches, size, max_diff, note = replay_sample(records, dataset, device=device)
+    except Exception as exc:  # any failure to load or replay refuses the release
+        return CriterionResult("serving_parity", False, None, required,
+                               f"{type(exc).__name__}: {exc}")
+    passed = mismatches == 0 and size > 0 and max_diff <= criteria.sample_probability_atol
+    return CriterionResult(
+        name="serving_parity",
+        passed=passed,
+        measured=mismatches,
+        required=required,
+        detail=(f"{size - mismatches}/{size} sample predictions equal through "
+                f"service.inference.runtime.load_runtime; max |dp| {max_diff:.2e}{note}"),
+    )
+
+
+def replay_sample(
+    records: RunRecords, dataset: Any, *, device: str = "auto"
+) -> tuple[int, int, float, str]:
+    """(prediction mismatches, sample size, max probability difference, note)."""
+    import numpy as np
+
+    from service.inference.runtime import load_runtime
+    from service.ml.preprocess import normalize
+
+    if records.checkpoint is None:
+        raise FileNotFoundError("no checkpoint to load")
+    sample = (records.evaluation or {}).get("sample") or {}
+    size = int(sample.get("size") or 0)
+    if size <= 0:
+        raise ValueError("evaluation.json records no sample (sample.size is 0)")
+    labels = dataset.test_labels[:size]
+    if [int(label) for label in labels] != [int(label) for label in sample["labels"]]:
+        raise ValueError("the recorded sample labels are not the first test digits' labels")
+    loaded = load_runtime(records.checkpoint, runtime="eager", device=device, version="candidate")
+    probabilities = loaded.runtime.predict_proba(
+        normalize(dataset.test_images[:size], loaded.normalization)
+    )
+    predictions = probabilities.argmax(axis=1)
+    recorded = np.asarray(sample["predictions"], dtype=np.int64)
+    mismatches = int((predictions != recorded).sum())
+    note = ""
+    max_diff = 0.0
+    if sample.get("probabilities") is not None:
+        max_diff = float(np.abs(probabilities - np.asarray(sample["probabilities"])).max())
+    else:
+        note = " (no probabilities recorded)"
+    return mismatches, size, max_diff, note
+
+
+def _serving_runtime(
+    records: RunRecords, dataset: Any, criteria: Criteria, required: str, device: str,
+    runtime: str,
+) -> CriterionResult:
+    """The runtime serving will pick (RUNTIME, e.g. auto -> int8 ONNX) against eager PyTorch
+    on the whole evaluation split: exported and quantized variants may differ slightly."""
+    try:
+        from service.inference.export import check_variant
+
+        report = check_variant(
+            records.checkpoint, runtime, dataset.test_images, dataset.test_labels,
+            device="cpu" if device == "auto" else device,
+            min_agreement=criteria.min_runtime_agreement,
+            max_accuracy_drop_points=criteria.max_runtime_accuracy_drop * 100.0,
+        )
+    except Exception as exc:  # serving could not build this runtime either
+        return CriterionResult("serving_runtime", False, None, required,
+                               f"runtime {runtime!r}: {type(exc).__name__}: {exc}")
+    drop = float(report.get("accuracy_drop_points", 0.0)) / 100.0
+    return CriterionResult(
+        name="serving_runtime",
+        passed=bool(report["passed"]),
+        measured=round(float(report["agreement"]), 6),
+        required=required,
+        detail=(f"runtime {report['runtime']} (RUNTIME={runtime}) vs eager on "
+                f"{report['sample_size']} evaluation digits: {report['disagreements']} "
+                f"disagreements, accuracy drop {drop:.4f}, max |dp| "
+                f"{report['max_abs_probability_diff']:.2e}"),
+    )
+
+
+def format_failures(verdict: Verdict) -> str:
+    """Every failed criterion with measured vs required, one per line."""
+    lines = []
+    for criterion in verdict.failed:
+        lines.append(
+            f"  FAILED {criterion.name}: measured {criterion.measured!s}, required "
+            f"{criterion.required}" + (f" ({criterion.detail})" if criterion.detail else "")
+        )
+    return "\n".join(lines)

@@ -1,0 +1,319 @@
+"""``lab2prod release``: papermill runs, the gate, and publishing, with one run record.
+
+A run lives in ``<runs_dir>/<run_id>/``: the executed ``train.ipynb`` and ``evaluate.ipynb``
+(kept even when a cell fails), their HTML renderings, what the notebooks wrote
+(``model.safetensors``, ``train.json``, ``evaluation.json``) and ``run.json``, the record
+of the whole run with the gate's verdict. The registry is written only when the gate passes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from service.provenance import git_state, library_versions
+from service.release.gate import (
+    CriterionResult,
+    NotebookOutcome,
+    Verdict,
+    decide,
+    load_policy,
+    read_records,
+)
+from service.release.params import declared_parameters, route_parameters
+from service.release.registry import PREVIOUS, PRODUCTION, Registry, RegistryError
+from service.settings import Settings
+
+log = logging.getLogger("lab2prod.release")
+
+NOTEBOOKS = ("train", "evaluate")
+RUN_RECORD = "run.json"
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class ReleaseError(RuntimeError):
+    """The release could not start (bad run id, unreadable registry ...); nothing was run."""
+
+
+@dataclass
+class ReleaseResult:
+    run_id: str
+    run_dir: Path
+    record: dict[str, Any]
+    verdict: Verdict
+    version: str | None
+
+    @property
+    def released(self) -> bool:
+        return self.version is not None
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def run_release(
+    settings: Settings,
+    parameters: Mapping[str, Any],
+    *,
+    policy_path: str | Path | None = None,
+    run_id: str | None = None,
+    alias: str = PRODUCTION,
+) -> ReleaseResult:
+    """Train, evaluate, gate and (when the gate passes) publish; always writes run.json.
+
+    Raises ParameterError, PolicyError or ReleaseError before running anything when the
+    request itself is wrong; a failing notebook or a refused gate is a result, not an error.
+    """
+    started = time.perf_counter()
+    started_at = datetime.now(UTC).isoformat()
+    policy, policy_source = load_policy(policy_path or settings.release_policy)
+    notebooks = {name: Path(settings.notebooks_dir) / f"{name}.ipynb" for name in NOTEBOOKS}
+    declared = {name: declared_parameters(path) for name, path in notebooks.items()}
+    routed = route_parameters(parameters, declared)
+
+    registry = Registry(settings.registry_url, settings.model_name)
+    champion = _current_champion(registry, settings.model_alias)
+
+    run_id = run_id or new_run_id()
+    if not _RUN_ID.match(run_id):
+        raise ReleaseError(f"run id {run_id!r} is not allowed: letters, digits, '.', '_', '-'")
+    run_dir = Path(settings.runs_dir) / run_id
+    try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise ReleaseError(
+            f"run folder {run_dir} already exists; choose another --run-id"
+        ) from None
+    run_dir_abs = run_dir.resolve()
+
+    effective = {
+        "train": {**declared["train"], **routed.per_notebook["train"], "run_dir": str(run_dir_abs)},
+        "evaluate": {
+            **declared["evaluate"],
+            **routed.per_notebook["evaluate"],
+            "run_dir": str(run_dir_abs),
+            "champion_checkpoint": str(champion["checkpoint"]) if champion else "",
+        },
+    }
+    record: dict[str, Any] = {
+        "run_id": run_id,
+        "status": "running",
+        "started_at": started_at,
+        "run_dir": str(run_dir_abs),
+        "parameters": {"requested": routed.requested, **effective},
+        "seed": effective["train"].get("seed"),
+        "git": git_state(Path.cwd()),
+        "library_versions": library_versions(),
+        "champion": champion,
+        "policy": policy_source,
+        "registry": {"url": registry.url, "model": registry.model_name, "alias": alias},
+    }
+    _write_json(run_dir / RUN_RECORD, record)
+    log.info("run %s in %s (champion: %s)", run_id, run_dir,
+             champion["version"] if champion else "none, first release")
+
+    timings: dict[str, float] = {}
+    outcomes: list[NotebookOutcome] = []
+    for name in NOTEBOOKS:
+        output = run_dir / f"{name}.ipynb"
+        if outcomes and outcomes[-1].error:
+            outcomes.append(NotebookOutcome(name, str(output), ran=False))
+            continue
+        tick = time.perf_counter()
+        outcomes.append(_execute(notebooks[name], output, effective[name]))
+        timings[f"{name}_s"] = round(time.perf_counter() - tick, 3)
+
+    tick = time.perf_counter()
+    reports = {nb.name: _render_html(Path(nb.path)) for nb in outcomes if nb.ran}
+    timings["render_s"] = round(time.perf_counter() - tick, 3)
+
+    tick = time.perf_counter()
+    records = read_records(run_dir)
+    verdict = decide(
+        policy,
+        notebooks=outcomes,
+        records=records,
+        champion_version=champion["version"] if champion else None,
+        dataset_hint=effective["train"].get("dataset"),
+        data_dir=effective["evaluate"].get("data_dir") or effective["train"].get("data_dir"),
+        device=str(effective["evaluate"].get("device") or "auto"),
+    )
+    timings["gate_s"] = round(time.perf_counter() - tick, 3)
+
+    record.update(_lineage(records, outcomes, reports, run_dir))
+    record["gate"] = verdict.as_dict()
+    record["release"] = None
+
+    version = None
+    if verdict.passed:
+        tick = time.perf_counter()
+        version = _publish(registry, records.checkpoint, record, verdict, alias, champion,
+                           settings.model_alias)
+        timings["publish_s"] = round(time.perf_counter() - tick, 3)
+        record["gate"] = verdict.as_dict()
+        if version:
+            record["release"] = {
+                "registry": registry.url,
+                "model": registry.model_name,
+                "version": version,
+                "aliases": {name: target for name, target in registry.aliases().items()
+                            if name in (alias, PRODUCTION, PREVIOUS)},
+            }
+    record["status"] = "released" if version else "refused"
+    timings["total_s"] = round(time.perf_counter() - started, 3)
+    record["timings"] = timings
+    record["finished_at"] = datetime.now(UTC).isoformat()
+    _write_json(run_dir / RUN_RECORD, record)
+    return ReleaseResult(run_id, run_dir, record, verdict, version)
+
+
+def _current_champion(registry: Registry, alias: str) -> dict[str, Any] | None:
+    """The model serving now (the alias the service follows), or None before the first release."""
+    try:
+        if alias not in registry.aliases():
+            return None
+        version = registry.resolve(alias)
+        card = registry.card(version)
+        path = registry.checkpoint_path(version)
+    except RegistryError as exc:
+        raise ReleaseError(f"cannot read the champion from registry {registry.url}: {exc}") from exc
+    return {
+        "alias": alias,
+        "version": version,
+        "checkpoint": str(Path(path).resolve()),
+        "checkpoint_sha256": card.get("checkpoint_sha256"),
+        "run_id": card.get("run_id"),
+    }
+
+
+def _execute(source: Path, output: Path, parameters: dict[str, Any]) -> NotebookOutcome:
+    """Run one notebook with papermill; a failing cell is recorded, and its notebook kept."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    log.info("executing %s -> %s", source, output)
+    try:
+        papermill.execute_notebook(
+            str(source),
+            str(output),
+            parameters=parameters,
+            progress_bar=True,
+            log_output=True,
+            cwd=str(Path.cwd()),
+        )
+    except PapermillExecutionError as exc:
+        log.error("%s failed at cell %s: %s: %s",
+                  source.name, exc.exec_count, exc.ename, exc.evalue)
+        return NotebookOutcome(source.stem, str(output),
+                               error=f"cell {exc.exec_count} raised {exc.ename}: {exc.evalue}")
+    except Exception as exc:  # kernel died, timed out, could not start ...
+        log.error("%s did not run: %s", source.name, exc)
+        return NotebookOutcome(source.stem, str(output), error=f"{type(exc).__name__}: {exc}")
+    return NotebookOutcome(source.stem, str(output))
+
+
+def _render_html(notebook: Path) -> str | None:
+    """The executed notebook as HTML next to it; None (and a warning) when it cannot be."""
+    if not notebook.is_file():
+        return None
+    try:
+        from nbconvert import HTMLExporter
+
+        body, _ = HTMLExporter().from_filename(str(notebook))
+    except Exception as exc:  # a report is a convenience; the gate reads the JSON records
+        log.warning("could not render %s to HTML: %s", notebook, exc)
+        return None
+    target = notebook.with_suffix(".html")
+    target.write_text(body, encoding="utf-8")
+    return target.name
+
+
+def _lineage(records: Any, outcomes: list[NotebookOutcome], reports: dict[str, str | None],
+             run_dir: Path) -> dict[str, Any]:
+    """The parts of run.json that come from what the notebooks wrote."""
+    train, evaluation = records.train or {}, records.evaluation or {}
+    evaluated = evaluation.get("dataset") or {}
+    artefacts: dict[str, Any] = {
+        "checkpoint": records.checkpoint.name if records.checkpoint else None,
+        "train_record": "train.json" if records.train is not None else None,
+        "evaluation_record": "evaluation.json" if records.evaluation is not None else None,
+    }
+    for outcome in outcomes:
+        artefacts[f"{outcome.name}_notebook"] = Path(outcome.path).name if outcome.ran else None
+        artefacts[f"{outcome.name}_html"] = reports.get(outcome.name)
+    lineage: dict[str, Any] = {
+        "notebooks": [
+            {"name": nb.name, "executed": nb.ran, "error": nb.error} for nb in outcomes
+        ],
+        "data": {
+            "fingerprint": evaluated.get("fingerprint"),
+            "evaluation": evaluated or None,
+            "train": train.get("dataset"),
+        },
+        "device": train.get("device"),
+        "metrics": {
+            "train": train.get("metrics"),
+            "candidate": evaluation.get("candidate"),
+            "champion": evaluation.get("champion"),
+        },
+        "artefacts": artefacts,
+    }
+    if train.get("seed") is not None:
+        lineage["seed"] = train["seed"]
+    if train.get("git"):
+        lineage["notebook_git"] = train["git"]
+    return lineage
+
+
+def _publish(
+    registry: Registry,
+    checkpoint: Path | None,
+    record: dict[str, Any],
+    verdict: Verdict,
+    alias: str,
+    champion: dict[str, Any] | None,
+    champion_alias: str,
+) -> str | None:
+    """Publish under the lock, on condition that the champion did not move during the run."""
+    assert checkpoint is not None  # the gate refuses runs without one
+    card = {key: value for key, value in record.items() if key not in ("status", "release")}
+    card["gate"] = verdict.as_dict()
+    expected = champion["version"] if champion else None
+    try:
+        version = registry.publish(checkpoint, card, aliases=(alias,),
+                                   expect={champion_alias: expected})
+    except RegistryError as exc:
+        verdict.criteria.append(CriterionResult(
+            name="champion_unchanged",
+            passed=False,
+            measured=registry.aliases().get(champion_alias),
+            required=f"{champion_alias} still {expected or 'unset'} when publishing",
+            detail=str(exc),
+        ))
+        verdict.passed = False
+        log.error("not published: %s", exc)
+        return None
+    verdict.criteria.append(CriterionResult(
+        name="champion_unchanged",
+        passed=True,
+        measured=expected,
+        required=f"{champion_alias} still {expected or 'unset'} when publishing",
+        detail="checked under the registry lock",
+    ))
+    return version
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    os.replace(temporary, temporary.with_name(path.name))
