@@ -159,12 +159,13 @@ class Registry:
 
     def rollback(self) -> str:
         """Swap production and previous; returns the version now in production."""
+        nothing = f"nothing to roll back to: {self.model_name} has no 'previous' alias"
+        if PREVIOUS not in self.aliases():  # checked before locking: no folder made for nothing
+            raise RegistryError(nothing)
         with self._locked():
             aliases = self.aliases()
             if PREVIOUS not in aliases:
-                raise RegistryError(
-                    f"nothing to roll back to: {self.model_name} has no 'previous' alias"
-                )
+                raise RegistryError(nothing)
             target = self.resolve(PREVIOUS)
             self._move_alias(PRODUCTION, target)
         return target
