@@ -9,6 +9,7 @@ with orjson and checked with numpy, which is what keeps the hot path cheap.
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import AsyncIterator
 from itertools import chain
 from typing import Any
@@ -40,6 +41,8 @@ IMAGE_CONTENT_TYPES = frozenset(
 # Part types that carry no claim about the bytes: sniff them instead of refusing.
 GENERIC_CONTENT_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the uploaded file
+# Our own check (MAX_IMAGE_PIXELS, before decoding) replaces Pillow's warning for big headers.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
 class InputError(ValueError):
