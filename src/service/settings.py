@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1)
     log_level: str = "info"
     log_json: bool = True
+    access_log: bool = Field(False, description="One JSON log line per request (costs req/s).")
     load_model: bool = Field(
         True, description="False lets an API instance only enqueue jobs (small CPU box)."
     )
