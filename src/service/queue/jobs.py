@@ -105,6 +105,7 @@ class JobResult:
     error: str | None = None
     attempts: int | None = None
     completed_at: float | None = None
+    worker: str | None = None  # host:pid that wrote it, for tracing (not in the public body)
 
     @property
     def final(self) -> bool:
@@ -116,7 +117,12 @@ class JobResult:
 
     @classmethod
     def done(
-        cls, inference_id: str, probabilities: np.ndarray, model_version: str, attempts: int
+        cls,
+        inference_id: str,
+        probabilities: np.ndarray,
+        model_version: str,
+        attempts: int,
+        worker: str | None = None,
     ) -> JobResult:
         predicted = int(np.argmax(probabilities))
         return cls(
@@ -127,16 +133,20 @@ class JobResult:
             model_version=model_version,
             attempts=attempts,
             completed_at=time.time(),
+            worker=worker,
         )
 
     @classmethod
-    def failed(cls, inference_id: str, error: str, attempts: int) -> JobResult:
+    def failed(
+        cls, inference_id: str, error: str, attempts: int, worker: str | None = None
+    ) -> JobResult:
         return cls(
             inference_id=inference_id,
             status=JobStatus.FAILED,
             error=error,
             attempts=attempts,
             completed_at=time.time(),
+            worker=worker,
         )
 
     def public(self) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -130,7 +132,9 @@ class JobWorker:
         batch_size: int = 32,
         batch_wait_ms: float = 5.0,
         max_attempts: int = 3,
+        name: str | None = None,
     ) -> None:
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.inbox = inbox
         self.store = store
         self.predictor = predictor
@@ -229,7 +233,9 @@ class JobWorker:
         return [
             (
                 delivery,
-                JobResult.done(job.inference_id, row, prediction.model_version, delivery.attempt),
+                JobResult.done(
+                    job.inference_id, row, prediction.model_version, delivery.attempt, self.name
+                ),
                 job.submitted_at,
             )
             for (delivery, job), row in zip(decoded, prediction.probabilities, strict=True)
@@ -249,7 +255,11 @@ class JobWorker:
             log.warning("job %s failed after %d attempts: %s", inference_id, attempts, error)
             message = f"{error} (gave up after {attempts} attempts)"
             known = inference_id is not None and is_inference_id(inference_id)
-            result = JobResult.failed(inference_id, message, attempts) if known else None  # type: ignore[arg-type]
+            result = (
+                JobResult.failed(inference_id, message, attempts, self.name)  # type: ignore[arg-type]
+                if known
+                else None
+            )
             given_up.append((delivery, result))
         return given_up, retry
 

@@ -1,0 +1,127 @@
+"""Real ``lab2prod worker`` processes on real RabbitMQ and Redis, with a trained model:
+SIGKILL mid-run loses nothing and finishes every job exactly once; SIGTERM drains and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import aio_pika
+import numpy as np
+import pytest
+import redis
+import support
+
+from service.queue.broker import RabbitBroker
+from service.queue.jobs import Job, JobResult, JobStatus
+from service.queue.results import RedisResultStore
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.redis, pytest.mark.slow]
+
+
+async def publish_all(amqp_url: str, queue_name: str, images: np.ndarray) -> list[str]:
+    broker = RabbitBroker(amqp_url, queue_name)
+    jobs = [Job.create(image) for image in images]
+    for start in range(0, len(jobs), 100):
+        await asyncio.gather(*(broker.publish(job) for job in jobs[start : start + 100]))
+    await broker.close()
+    return [job.inference_id for job in jobs]
+
+
+async def wait_for_results(
+    store: RedisResultStore, ids: list[str], at_least: int, timeout: float
+) -> list[JobResult | None]:
+    deadline = time.monotonic() + timeout
+    while True:
+        records = await store.get_many(ids)
+        if sum(r is not None and r.final for r in records) >= at_least:
+            return records
+        if time.monotonic() > deadline:
+            done = sum(r is not None and r.final for r in records)
+            raise AssertionError(f"only {done} of {len(ids)} jobs finished in {timeout:.0f}s")
+        await asyncio.sleep(0.02)
+
+
+def stop(process, sig=signal.SIGTERM) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(30)
+        except Exception:
+            process.kill()
+
+
+async def test_a_worker_killed_mid_run_loses_nothing_and_every_job_finishes_exactly_once(
+    amqp_url, queue_name, redis_url, registry_dir, checkpoint, tmp_path: Path
+):
+    images, _ = support.held_out_digits(1000)
+    expected = support.direct_predictions(checkpoint, images)
+    env = support.worker_env(
+        amqp_url=amqp_url, redis_url=redis_url, registry=registry_dir, queue=queue_name,
+        WORKER_BATCH_SIZE="8", WORKER_PREFETCH="32", MODEL_POLL_INTERVAL_S="0",
+    )
+    store = RedisResultStore(redis_url, ttl_s=600)
+    ids = await publish_all(amqp_url, queue_name, images)  # queued before any worker runs
+    victim = support.start_worker(env, tmp_path / "victim.log")
+    survivor = support.start_worker(env, tmp_path / "survivor.log")
+    restarted = None
+    try:
+        before = await wait_for_results(store, ids, at_least=50, timeout=120)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        finished_at_kill = sum(r is not None and r.final for r in before)
+        assert finished_at_kill < len(ids), "the kill must land mid-run"
+        restarted = support.start_worker(env, tmp_path / "restarted.log")
+        records = await wait_for_results(store, ids, at_least=len(ids), timeout=180)
+    finally:
+        for process in (survivor, restarted):
+            if process is not None:
+                stop(process)
+
+    assert [r.status for r in records] == [JobStatus.DONE] * len(ids)
+    assert [r.predicted_class for r in records] == expected.tolist()
+    keys = redis.Redis.from_url(redis_url).keys(f"{store.prefix}*")
+    assert len(keys) == len(ids)  # exactly one final record per job, no strays
+    assert any(r.attempts >= 2 for r in records), "the victim's unacked jobs were redelivered"
+    assert len({r.worker for r in records}) >= 2
+    ready, dead = await support.queue_counts(amqp_url, queue_name)
+    assert (ready, dead) == (0, 0)
+    await store.close()
+
+
+async def test_sigterm_finishes_the_jobs_in_hand_acks_them_and_exits_zero(
+    amqp_url, queue_name, redis_url, registry_dir, tmp_path: Path
+):
+    images, _ = support.held_out_digits(600)
+    env = support.worker_env(
+        amqp_url=amqp_url, redis_url=redis_url, registry=registry_dir, queue=queue_name,
+        WORKER_BATCH_SIZE="4", WORKER_PREFETCH="16", MODEL_POLL_INTERVAL_S="0",
+    )
+    store = RedisResultStore(redis_url, ttl_s=600)
+    ids = await publish_all(amqp_url, queue_name, images)
+    log = tmp_path / "worker.log"
+    worker = support.start_worker(env, log)
+    try:
+        await wait_for_results(store, ids, at_least=1, timeout=120)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        stop(worker, signal.SIGKILL)
+
+    done = {r.inference_id for r in await store.get_many(ids) if r is not None and r.final}
+    connection = await aio_pika.connect(amqp_url)
+    channel = await connection.channel()
+    queue = await channel.declare_queue(queue_name, passive=True)
+    left: list[str] = []
+    while (message := await queue.get(fail=False, timeout=5)) is not None:
+        left.append(message.message_id)
+        assert message.headers.get("x-delivery-count", 0) == 0  # stopping cost no attempt
+        await message.ack()
+    await connection.close()
+    assert done and left, "SIGTERM must land mid-run"
+    assert not done & set(left)
+    assert len(done) + len(left) == len(ids)
+    assert "worker stopped" in log.read_text()
+    await store.close()
