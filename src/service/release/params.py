@@ -8,6 +8,7 @@ an error that lists the names they do declare.
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,7 @@ def collect_parameters(
 
 
 def declared_parameters(notebook: str | Path) -> dict[str, Any]:
-    """Name -> default of the notebook's ``parameters`` cell (via papermill.inspect_notebook)."""
+    """Name -> default value of the notebook's ``parameters`` cell (papermill.inspect_notebook)."""
     import papermill
 
     notebook = Path(notebook)
@@ -75,7 +76,15 @@ def declared_parameters(notebook: str | Path) -> dict[str, Any]:
     found = papermill.inspect_notebook(str(notebook))
     if not found:
         raise ParameterError(f"{notebook} has no cell tagged 'parameters'; tag one in JupyterLab")
-    return {name: spec.get("default") for name, spec in found.items()}
+    return {name: _literal(spec.get("default")) for name, spec in found.items()}
+
+
+def _literal(source: Any) -> Any:
+    """papermill reports a default as its source text ('"mnist-5k"'); give the value back."""
+    try:
+        return ast.literal_eval(source) if isinstance(source, str) else source
+    except (ValueError, SyntaxError):
+        return source
 
 
 @dataclass(frozen=True)

@@ -96,15 +96,16 @@ def run_release(
         ) from None
     run_dir_abs = run_dir.resolve()
 
-    effective = {
-        "train": {**declared["train"], **routed.per_notebook["train"], "run_dir": str(run_dir_abs)},
+    # papermill gets only what the run sets; the record also shows the defaults in effect.
+    injected = {
+        "train": {**routed.per_notebook["train"], "run_dir": str(run_dir_abs)},
         "evaluate": {
-            **declared["evaluate"],
             **routed.per_notebook["evaluate"],
             "run_dir": str(run_dir_abs),
             "champion_checkpoint": str(champion["checkpoint"]) if champion else "",
         },
     }
+    effective = {name: {**declared[name], **injected[name]} for name in NOTEBOOKS}
     record: dict[str, Any] = {
         "run_id": run_id,
         "status": "running",
@@ -117,6 +118,7 @@ def run_release(
         "champion": champion,
         "policy": policy_source,
         "registry": {"url": registry.url, "model": registry.model_name, "alias": alias},
+        "serving_runtime": settings.runtime,
     }
     _write_json(run_dir / RUN_RECORD, record)
     log.info("run %s in %s (champion: %s)", run_id, run_dir,
@@ -130,7 +132,7 @@ def run_release(
             outcomes.append(NotebookOutcome(name, str(output), ran=False))
             continue
         tick = time.perf_counter()
-        outcomes.append(_execute(notebooks[name], output, effective[name]))
+        outcomes.append(_execute(notebooks[name], output, injected[name]))
         timings[f"{name}_s"] = round(time.perf_counter() - tick, 3)
 
     tick = time.perf_counter()
@@ -147,6 +149,7 @@ def run_release(
         dataset_hint=effective["train"].get("dataset"),
         data_dir=effective["evaluate"].get("data_dir") or effective["train"].get("data_dir"),
         device=str(effective["evaluate"].get("device") or "auto"),
+        serving_runtime=settings.runtime,
     )
     timings["gate_s"] = round(time.perf_counter() - tick, 3)
 
