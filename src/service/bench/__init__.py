@@ -1,0 +1,1 @@
+"""Benchmarks: inference runtimes (``runtimes``) and the HTTP harness against the baselines."""

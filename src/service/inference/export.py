@@ -1,0 +1,270 @@
+"""Exported runtime artefacts (ONNX graphs) and the check that a variant agrees with eager.
+
+Artefacts live next to the checkpoint they came from and are named by its weights checksum
+(``model.3f2a9c1d04b7.int8.onnx``), so a file that exists is the right one: a new checkpoint
+gets a new name, and several workers building the same file at once write the same bytes
+(each to a temporary file, then an atomic rename). Where the checkpoint's folder is read-only,
+they go to a cache folder under the system temp directory instead.
+
+``check_variant`` is what the release gate calls: export the variant the service will run,
+run it and eager PyTorch over the same digits, and report agreement and accuracy.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.ml.checkpoint import LoadedCheckpoint, load_checkpoint
+from service.ml.preprocess import normalize
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_SUFFIXES = {"onnx": ".onnx", "onnx-int8": ".int8.onnx"}
+INPUT_NAME, OUTPUT_NAME = "digits", "probabilities"
+ONNX_OPSET = 17
+CALIBRATION_DIGITS = 256
+CALIBRATION_SEED = 0
+MIN_AGREEMENT = 0.995  # share of digits on which the variant predicts what eager predicts
+MAX_ACCURACY_DROP_POINTS = 0.2  # percentage points of test accuracy the variant may lose
+
+
+class _Probabilities(torch.nn.Module):
+    """The CNN ends in log-softmax; exported graphs end in probabilities (one op fewer to serve)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, digits: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.model(digits))
+
+
+def artifact_path(checkpoint: LoadedCheckpoint, variant: str) -> Path:
+    """Where ``variant``'s artefact for this checkpoint lives (it may not exist yet)."""
+    try:
+        suffix = ARTIFACT_SUFFIXES[variant]
+    except KeyError:
+        raise ValueError(f"runtime {variant!r} has no exported artefact; these do: "
+                         f"{', '.join(ARTIFACT_SUFFIXES)}") from None
+    digest = str(checkpoint.metadata.get("weights_sha256", "")).removeprefix("sha256:")[:12]
+    name = f"{checkpoint.path.stem}.{digest or 'unhashed'}{suffix}"
+    folder = checkpoint.path.parent
+    if not os.access(folder, os.W_OK) and not (folder / name).exists():
+        folder = Path(tempfile.gettempdir()) / "lab2prod-artifacts"
+    return folder / name
+
+
+def ensure_artifact(checkpoint: LoadedCheckpoint, variant: str) -> Path:
+    """The artefact for ``variant``, exported now if it does not exist yet."""
+    path = artifact_path(checkpoint, variant)
+    if path.exists():
+        return path
+    from service.inference.runtime import RuntimeUnavailable
+
+    started = time.perf_counter()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        if variant == "onnx":
+            export_onnx(checkpoint, temporary)
+        else:
+            try:
+                digits = calibration_digits(checkpoint.metadata)
+            except Exception as exc:
+                raise RuntimeUnavailable(
+                    f"runtime 'onnx-int8' calibrates on training digits and could not load them "
+                    f"({type(exc).__name__}: {exc}); set DATA_DIR to the training data, or use "
+                    "RUNTIME=onnx"
+                ) from exc
+            quantize_onnx(checkpoint, temporary, normalize(digits, checkpoint.normalization))
+        os.replace(temporary, path)
+    except ImportError as exc:
+        raise RuntimeUnavailable(
+            f"exporting {variant!r} needs {exc.name or 'onnx'}: pip install onnx onnxruntime"
+        ) from exc
+    finally:
+        temporary.unlink(missing_ok=True)
+    log.info("exported %s runtime to %s in %.1f s", variant, path, time.perf_counter() - started)
+    return path
+
+
+def export_onnx(checkpoint: LoadedCheckpoint, path: str | Path) -> Path:
+    """The fp32 graph: normalised digits [N,1,28,28] -> probabilities [N,C], any batch size."""
+    import onnx  # the legacy exporter writes protobuf itself; onnx is needed to stamp metadata
+
+    path = Path(path)
+    wrapped = _Probabilities(copy.deepcopy(checkpoint.model)).to("cpu").eval()
+    example = torch.zeros(1, 1, 28, 28)
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript-based exporter is deprecated in favour of the dynamo one, which needs
+        # onnxscript; for this small static CNN both produce the same graph.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapped, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+    graph = onnx.load(str(path))
+    _stamp(graph, checkpoint, "onnx")
+    onnx.save(graph, str(path))
+    return path
+
+
+def quantize_onnx(
+    checkpoint: LoadedCheckpoint, path: str | Path, calibration: torch.Tensor
+) -> Path:
+    """Static int8 (QDQ: uint8 activations, int8 per-channel weights), ranges from calibration."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    path = Path(path)
+    batches = [
+        {INPUT_NAME: calibration[start:start + 32].numpy()}
+        for start in range(0, len(calibration), 32)
+    ]
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._batches, None)
+
+    with tempfile.TemporaryDirectory(prefix="lab2prod-quant-") as work:
+        fp32 = export_onnx(checkpoint, Path(work) / "fp32.onnx")
+        prepared = Path(work) / "prepared.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quant_pre_process(str(fp32), str(prepared))
+            quantize_static(
+                str(prepared), str(path), _Reader(), quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+            )
+    graph = onnx.load(str(path))
+    _stamp(graph, checkpoint, "onnx-int8", calibration_digits=len(calibration))
+    onnx.save(graph, str(path))
+    return path
+
+
+def _stamp(graph: Any, checkpoint: LoadedCheckpoint, variant: str, **extra: object) -> None:
+    fields = {
+        "lab2prod.variant": variant,
+        "lab2prod.weights_sha256": str(checkpoint.metadata.get("weights_sha256", "")),
+        "lab2prod.class_names": ",".join(checkpoint.class_names),
+        **{f"lab2prod.{key}": str(value) for key, value in extra.items()},
+    }
+    del graph.metadata_props[:]
+    for key, value in fields.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def calibration_digits(metadata: dict[str, Any], count: int = CALIBRATION_DIGITS) -> np.ndarray:
+    """A seeded subset of the training digits of the dataset the checkpoint was trained on
+    (its metadata names it; mnist-5k when it does not): uint8 [count,28,28]."""
+    from service.ml.data import load_dataset
+    from service.settings import get_settings
+
+    described = metadata.get("dataset") or {}
+    name = described.get("name") or "mnist-5k"
+    folder = (described.get("split") or {}).get("folder") or get_settings().data_dir
+    dataset = load_dataset(name, folder if name != "mnist-5k" else None)
+    images = dataset.train_images
+    order = np.random.default_rng(CALIBRATION_SEED).permutation(len(images))[:count]
+    return images[np.sort(order)]
+
+
+def check_variant(
+    checkpoint_path: str | Path,
+    runtime_name: str,
+    sample: np.ndarray | torch.Tensor,
+    labels: np.ndarray | None = None,
+    *,
+    device: str = "cpu",
+    min_agreement: float = MIN_AGREEMENT,
+    max_accuracy_drop_points: float = MAX_ACCURACY_DROP_POINTS,
+) -> dict[str, Any]:
+    """Export ``runtime_name`` (``auto`` = what serving would pick) for the checkpoint and
+    compare it with eager PyTorch on ``sample``: uint8 digits [N,28,28] (normalised here with
+    the checkpoint's normalisation) or an already normalised float batch [N,1,28,28].
+
+    ``passed`` is True when predictions agree on at least ``min_agreement`` of the digits and,
+    given ``labels``, accuracy drops by at most ``max_accuracy_drop_points`` points.
+    """
+    from service.inference.runtime import EagerRuntime, build_runtime, resolve_device
+
+    started = time.perf_counter()
+    target = resolve_device(device)
+    checkpoint = load_checkpoint(checkpoint_path, device=target)
+    batch = _as_model_input(sample, checkpoint)
+    if len(batch) == 0:
+        raise ValueError("check_variant needs at least one sample digit")
+    eager = EagerRuntime(checkpoint.model, target)
+    variant = build_runtime(checkpoint, runtime_name, target)
+    reference = _predict_all(eager, batch)
+    candidate = _predict_all(variant, batch)
+    agree = reference.argmax(1) == candidate.argmax(1)
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint_path),
+        "runtime_requested": runtime_name,
+        "runtime": variant.name,
+        "device": str(target),
+        "artifact": str(getattr(variant, "artifact", None) or "") or None,
+        "sample_size": len(batch),
+        "agreement": float(agree.mean()),
+        "disagreements": int((~agree).sum()),
+        "max_abs_probability_diff": float(np.abs(reference - candidate).max()),
+        "required": {"min_agreement": min_agreement,
+                     "max_accuracy_drop_points": max_accuracy_drop_points},
+    }
+    passed = report["agreement"] >= min_agreement
+    if labels is not None:
+        truth = np.asarray(labels).astype(np.int64)
+        if len(truth) != len(batch):
+            raise ValueError(f"{len(truth)} labels for {len(batch)} sample digits")
+        eager_accuracy = float((reference.argmax(1) == truth).mean())
+        variant_accuracy = float((candidate.argmax(1) == truth).mean())
+        drop = (eager_accuracy - variant_accuracy) * 100.0
+        report.update(eager_accuracy=eager_accuracy, variant_accuracy=variant_accuracy,
+                      accuracy_drop_points=round(drop, 4))
+        passed = passed and drop <= max_accuracy_drop_points + 1e-9
+    report["passed"] = bool(passed)
+    report["seconds"] = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _as_model_input(
+    sample: np.ndarray | torch.Tensor, checkpoint: LoadedCheckpoint
+) -> torch.Tensor:
+    tensor = torch.as_tensor(np.asarray(sample)) if not isinstance(sample, torch.Tensor) else sample
+    if tensor.dtype == torch.uint8:
+        return normalize(tensor, checkpoint.normalization)
+    if tensor.dim() == 4 and tensor.is_floating_point():
+        return tensor.to(torch.float32)
+    raise ValueError(
+        "sample must be uint8 digits [N,28,28] or a normalised float batch [N,1,28,28], "
+        f"got {tuple(tensor.shape)} {tensor.dtype}"
+    )
+
+
+def _predict_all(runtime: Any, batch: torch.Tensor, size: int = 256) -> np.ndarray:
+    return np.concatenate(
+        [runtime.predict_proba(batch[start:start + size]) for start in range(0, len(batch), size)]
+    )
