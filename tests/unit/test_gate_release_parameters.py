@@ -65,17 +65,25 @@ def test_parameters_the_pipeline_sets_itself_are_refused():
         route_parameters({"run_dir": "elsewhere"}, DECLARED)
 
 
-def test_parameters_are_read_from_the_tagged_cell(tmp_path):
+def test_parameters_and_defaults_are_read_from_the_tagged_cell(tmp_path):
     notebook = nbformat.v4.new_notebook()
-    cell = nbformat.v4.new_code_cell("epochs = 10\nlr = 1.0\ndataset = 'mnist-5k'")
+    cell = nbformat.v4.new_code_cell(
+        'epochs = 10\nlr = 1.0\ndataset = "mnist-5k"\n'
+        "limit = 0                 # 0 = all training examples; N = a seeded subset (tests)\n"
+        'data_dir = ""             # "" = the dataset\'s default location\n'
+        "augment: bool = False\n"
+    )
     cell.metadata["tags"] = ["parameters"]
-    notebook.cells = [cell, nbformat.v4.new_code_cell("print(epochs)")]
+    notebook.cells = [nbformat.v4.new_code_cell("x = 1"), cell,
+                      nbformat.v4.new_code_cell("print(epochs)")]
     notebook.metadata["kernelspec"] = {"name": "python3", "language": "python",
                                        "display_name": "Python 3"}
     path = tmp_path / "train.ipynb"
     nbformat.write(notebook, path)
-    declared = declared_parameters(path)
-    assert set(declared) == {"epochs", "lr", "dataset"}
+    assert declared_parameters(path) == {
+        "epochs": 10, "lr": 1.0, "dataset": "mnist-5k", "limit": 0, "data_dir": "",
+        "augment": False,
+    }
 
 
 def test_a_notebook_without_a_parameters_cell_is_refused(tmp_path):

@@ -9,6 +9,7 @@ an error that lists the names they do declare.
 from __future__ import annotations
 
 import ast
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,17 +67,50 @@ def collect_parameters(
 
 
 def declared_parameters(notebook: str | Path) -> dict[str, Any]:
-    """Name -> default value of the notebook's ``parameters`` cell (papermill.inspect_notebook)."""
+    """Name -> default value of the notebook's ``parameters`` cell.
+
+    papermill.inspect_notebook skips every line with a second '=' (``limit = 0  # 0 = all``,
+    the contract's own comments), so the cell's assignments are read with ``ast`` as well and
+    papermill's answer only fills in what ``ast`` cannot read.
+    """
+    import nbformat
     import papermill
 
     notebook = Path(notebook)
     if not notebook.is_file():
         raise ParameterError(f"notebook {notebook} not found; run from the project folder "
                              "or set NOTEBOOKS_DIR")
-    found = papermill.inspect_notebook(str(notebook))
-    if not found:
+    document = nbformat.read(notebook, as_version=4)
+    tagged = [cell for cell in document.cells if "parameters" in cell.metadata.get("tags", [])]
+    if not tagged:
         raise ParameterError(f"{notebook} has no cell tagged 'parameters'; tag one in JupyterLab")
-    return {name: _literal(spec.get("default")) for name, spec in found.items()}
+    declared = _assignments(tagged[0].source)
+    translators = logging.getLogger("papermill.translators")
+    level = translators.level
+    translators.setLevel(logging.ERROR)  # its "Unable to parse line" is handled here
+    try:
+        found = papermill.inspect_notebook(str(notebook))
+    finally:
+        translators.setLevel(level)
+    for name, spec in found.items():
+        declared.setdefault(name, _literal(spec.get("default")))
+    return declared
+
+
+def _assignments(source: str) -> dict[str, Any]:
+    """Top-level ``name = value`` / ``name: type = value`` in a cell -> {name: value}."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return {}
+    found: dict[str, Any] = {}
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, ast.AnnAssign) and node.value is not None else [])
+        for target in targets:
+            if isinstance(target, ast.Name):
+                found[target.id] = _literal(ast.get_source_segment(source, node.value))  # type: ignore[union-attr]
+    return found
 
 
 def _literal(source: Any) -> Any:
