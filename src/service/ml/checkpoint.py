@@ -68,7 +68,9 @@ def save_checkpoint(
     """Write weights and metadata atomically (temp file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+    state = {
+        name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()
+    }
     metadata: dict[str, Any] = {
         **(extra or {}),
         "format": FORMAT,
@@ -94,15 +96,21 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is corrupt or truncated: not a readable safetensors file ({exc})") from exc
+        raise CheckpointError(
+            f"{path} is corrupt or truncated: not a readable safetensors file ({exc})"
+        ) from exc
     if METADATA_KEY not in header:
-        raise CheckpointError(f"{path} is a safetensors file but not a lab2prod checkpoint (no metadata)")
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a lab2prod checkpoint (no metadata)"
+        )
     try:
         metadata = json.loads(header[METADATA_KEY])
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path} has corrupt metadata JSON ({exc})") from exc
     if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path} has format {metadata.get('format')!r}; this code reads {FORMAT!r}")
+        raise CheckpointError(
+            f"{path} has format {metadata.get('format')!r}; this code reads {FORMAT!r}"
+        )
     return metadata
 
 
@@ -128,13 +136,19 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
             for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
                 state[name] = handle.get_tensor(name)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} is corrupt or truncated: cannot read its tensors ({exc})") from exc
+        raise CheckpointError(
+            f"{path} is corrupt or truncated: cannot read its tensors ({exc})"
+        ) from exc
     if weights_digest(state) != metadata.get("weights_sha256"):
-        raise CheckpointError(f"{path} is corrupt: the weights do not match their recorded checksum")
+        raise CheckpointError(
+            f"{path} is corrupt: the weights do not match their recorded checksum"
+        )
     model = build_model(architecture, num_classes=len(metadata.get("class_names", [])) or 10)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path} is mismatched: its tensors do not fit {architecture} ({exc})") from exc
+        raise CheckpointError(
+            f"{path} is mismatched: its tensors do not fit {architecture} ({exc})"
+        ) from exc
     model.to(device).eval()
     return LoadedCheckpoint(model=model, metadata=metadata, path=path)

@@ -60,8 +60,8 @@ class DigitDataset:
         return {
             "name": self.name,
             "fingerprint": self.fingerprint(),
-            "train_size": int(len(self.train_labels)),
-            "test_size": int(len(self.test_labels)),
+            "train_size": len(self.train_labels),
+            "test_size": len(self.test_labels),
             "class_names": self.class_names,
             "split": self.split,
         }
@@ -91,11 +91,12 @@ def load_dataset(
     test_limit: int | None = None,
     download: bool = False,
 ) -> DigitDataset:
-    """Load a dataset by name; ``limit``/``test_limit`` keep a seeded, class-balanced subset."""
+    """Load a dataset by name; ``limit``/``test_limit`` keep a seeded, stratified subset."""
     try:
         loader = _SOURCES[name]
     except KeyError:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(dataset_names())}") from None
+        known = ", ".join(dataset_names())
+        raise DataError(f"unknown dataset {name!r}; choose one of {known}") from None
     dataset = loader(data_dir=Path(data_dir) if data_dir else None, download=download)
     if limit is not None:
         dataset.train_images, dataset.train_labels = _subset(
@@ -115,9 +116,17 @@ def _subset(images: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarr
         raise DataError(f"limit must be positive, got {size}")
     if size >= len(labels):
         return images, labels
-    order = np.random.default_rng(EMBEDDED_SPLIT_SEED).permutation(len(labels))[:size]
-    order.sort()
-    return images[order], labels[order]
+    # Stratified: shuffle (seeded), give each item its quantile within its class, and keep the
+    # ``size`` lowest quantiles, so every class keeps its share of the subset.
+    order = np.random.default_rng(EMBEDDED_SPLIT_SEED).permutation(len(labels))
+    position = np.empty(len(labels), dtype=np.int64)
+    position[order] = np.arange(len(labels))
+    quantile = np.empty(len(labels), dtype=np.float64)
+    for label in np.unique(labels):
+        members = order[labels[order] == label]
+        quantile[members] = (np.arange(len(members)) + 0.5) / len(members)
+    chosen = np.sort(np.lexsort((position, quantile))[:size])
+    return images[chosen], labels[chosen]
 
 
 # --- the embedded default --------------------------------------------------------------------
@@ -228,13 +237,17 @@ def load_idx_dataset(
     for part in ("train", "test"):
         images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
         if images.ndim != 3 or images.shape[1:] != (28, 28):
-            raise DataError(f"{folder}: {part} images have shape {images.shape}, expected [N,28,28]")
+            raise DataError(
+                f"{folder}: {part} images have shape {images.shape}, expected [N,28,28]"
+            )
         if labels.ndim != 1 or len(labels) != len(images):
             raise DataError(
                 f"{folder}: {len(images)} {part} images but {labels.shape} labels; they must match"
             )
         if len(labels) and labels.max() >= len(class_names):
-            raise DataError(f"{folder}: {part} label {labels.max()} outside 0..{len(class_names)-1}")
+            raise DataError(
+                f"{folder}: {part} label {labels.max()} outside 0..{len(class_names) - 1}"
+            )
     return DigitDataset(
         name=name,
         train_images=arrays["train_images"],
@@ -247,7 +260,8 @@ def load_idx_dataset(
 
 
 def _idx_path(folder: Path, stem: str) -> Path | None:
-    for candidate in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    dotted = stem.replace("-idx", ".idx")
+    for candidate in (stem, stem + ".gz", dotted, dotted + ".gz"):
         if (folder / candidate).is_file():
             return folder / candidate
     return None
@@ -288,7 +302,8 @@ def read_idx(path: Path | None) -> np.ndarray:
             f"{path}: header says shape {shape} ({expected} bytes) but the file holds "
             f"{len(raw) - header_size} bytes of data; the file is truncated or corrupt"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(shape).astype(dtype.newbyteorder("="))
+    array = np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(shape)
+    return array.astype(dtype.newbyteorder("="))
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -29,7 +29,9 @@ class Normalization:
         return {"mean": self.mean, "std": self.std}
 
 
-def normalize(images: torch.Tensor | np.ndarray, norm: Normalization = Normalization()) -> torch.Tensor:
+def normalize(
+    images: torch.Tensor | np.ndarray, norm: Normalization = Normalization()
+) -> torch.Tensor:
     """uint8 (or 0..255 float) digits shaped [N,28,28], [N,784] or [28,28] -> float [N,1,28,28]."""
     tensor = torch.as_tensor(images)
     if tensor.dim() == 2 and tensor.shape[-1] == IMAGE_PIXELS:
@@ -57,7 +59,9 @@ def pixels_to_array(pixels: Sequence[object]) -> np.ndarray:
         rows = pixels
         for index, row in enumerate(rows):
             if len(row) != IMAGE_SIDE:  # type: ignore[arg-type]
-                raise InvalidPixels(f"row {index} has {len(row)} values; each of the 28 rows needs 28")  # type: ignore[arg-type]
+                raise InvalidPixels(  # type: ignore[arg-type]
+                    f"row {index} has {len(row)} values; each of the 28 rows needs 28"
+                )
         flat: list[object] = [value for row in rows for value in row]  # type: ignore[union-attr]
     else:
         flat = list(pixels)
