@@ -1,0 +1,140 @@
+"""Runtime variants: each one predicts what eager predicts, ``auto`` picks the measured default
+and falls back with a log line, exported artefacts are reused, and check_variant reports."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.inference import export
+from service.inference.runtime import (
+    AUTO_PREFERENCE_CPU,
+    RuntimeUnavailable,
+    build_runtime,
+    load_runtime,
+    runtime_names,
+)
+from service.ml.checkpoint import load_checkpoint, save_checkpoint
+from service.ml.data import load_dataset
+from service.ml.model import build_model
+from service.ml.preprocess import normalize
+
+
+@pytest.fixture(scope="module")
+def digits():
+    dataset = load_dataset("mnist-5k")
+    return dataset.test_images[:200], dataset.test_labels[:200], dataset.train_images[:512], \
+        dataset.train_labels[:512]
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory, digits) -> Path:
+    """A CNN trained for a few steps so that its predictions mean something (about 80%)."""
+    _, _, images, labels = digits
+    torch.manual_seed(0)
+    model = build_model()
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    inputs, targets = normalize(images), torch.as_tensor(labels)
+    for _ in range(3):
+        for start in range(0, len(targets), 64):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.nll_loss(model(inputs[start:start + 64]),
+                                                targets[start:start + 64])
+            loss.backward()
+            optimizer.step()
+    path = tmp_path_factory.mktemp("runtime") / "model.safetensors"
+    return save_checkpoint(path, model.eval(), extra={"dataset": {"name": "mnist-5k"}})
+
+
+@pytest.mark.parametrize("name", ["eager", "channels-last", "torchscript", "int8", "onnx"])
+def test_variant_returns_the_same_probabilities_as_eager(trained_checkpoint, digits, name):
+    images = normalize(digits[0][:64])
+    eager = load_runtime(trained_checkpoint, runtime="eager", device="cpu").runtime
+    variant = load_runtime(trained_checkpoint, runtime=name, device="cpu").runtime
+    expected, got = eager.predict_proba(images), variant.predict_proba(images)
+    assert variant.name == name
+    assert got.shape == (64, 10) and got.dtype == np.float32
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-4)
+    # int8 dynamic quantization rounds the fully connected layers; the rest is exact math
+    np.testing.assert_allclose(got, expected, atol=2e-2 if name == "int8" else 1e-4)
+
+
+def test_onnx_int8_agrees_with_eager_on_real_digits(trained_checkpoint, digits):
+    report = export.check_variant(trained_checkpoint, "onnx-int8", digits[0], digits[1])
+    assert report["runtime"] == "onnx-int8"
+    assert report["sample_size"] == 200
+    assert report["agreement"] >= 0.98, report
+    assert report["passed"] == (report["agreement"] >= 0.995
+                                and report["accuracy_drop_points"] <= 0.2)
+    assert Path(report["artifact"]).name.endswith(".int8.onnx")
+
+
+def test_auto_is_the_measured_default_on_cpu(trained_checkpoint):
+    loaded = load_runtime(trained_checkpoint, runtime="auto", device="cpu")
+    assert loaded.runtime.name == AUTO_PREFERENCE_CPU[0] == "onnx-int8"
+    assert loaded.extra == {"runtime": "onnx-int8", "runtime_requested": "auto"}
+
+
+def test_auto_falls_back_with_a_log_line_when_int8_cannot_calibrate(tmp_path, caplog):
+    # trained on 'mnist' whose IDX files are not in this folder: no calibration digits
+    path = save_checkpoint(tmp_path / "model.safetensors", build_model().eval(),
+                           extra={"dataset": {"name": "mnist", "split": {"folder": str(tmp_path)}}})
+    with caplog.at_level(logging.WARNING, logger="service.inference.runtime"):
+        loaded = load_runtime(path, runtime="auto", device="cpu")
+    assert loaded.runtime.name == "onnx"
+    assert "onnx-int8 unavailable" in caplog.text and "DATA_DIR" in caplog.text
+    with pytest.raises(RuntimeUnavailable, match="RUNTIME=onnx"):
+        load_runtime(path, runtime="onnx-int8", device="cpu")
+
+
+def test_compile_failure_serves_eager_with_a_log_line(trained_checkpoint, monkeypatch, caplog):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("InductorError: no working C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    with caplog.at_level(logging.WARNING, logger="service.inference.runtime"):
+        loaded = load_runtime(trained_checkpoint, runtime="compile", device="cpu")
+    assert loaded.runtime.name == "eager"
+    assert "torch.compile is unavailable" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["int8", "onnx-int8"])
+def test_cpu_only_variant_on_cuda_is_refused_with_the_fix(trained_checkpoint, name):
+    checkpoint = load_checkpoint(trained_checkpoint)
+    with pytest.raises(RuntimeUnavailable, match=r"runs on CPU only.*DEVICE=cpu"):
+        build_runtime(checkpoint, name, torch.device("cuda"))
+
+
+def test_unknown_runtime_names_the_choices(trained_checkpoint):
+    with pytest.raises(ValueError, match=r"unknown runtime 'fast'.*onnx-int8"):
+        load_runtime(trained_checkpoint, runtime="fast", device="cpu")
+    assert runtime_names()[0] == "auto"
+
+
+def test_artifact_is_named_by_the_weights_and_reused(tmp_path):
+    first = save_checkpoint(tmp_path / "a" / "model.safetensors", build_model().eval())
+    torch.manual_seed(1)
+    second = save_checkpoint(tmp_path / "b" / "model.safetensors", build_model().eval())
+    path = export.ensure_artifact(load_checkpoint(first), "onnx")
+    stamp = path.stat().st_mtime_ns
+    assert path.parent == first.parent and path.name.startswith("model.")
+    assert export.ensure_artifact(load_checkpoint(first), "onnx").stat().st_mtime_ns == stamp
+    other = export.ensure_artifact(load_checkpoint(second), "onnx")
+    assert other.name != path.name
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_check_variant_fails_below_the_required_agreement(trained_checkpoint, digits):
+    report = export.check_variant(trained_checkpoint, "onnx", normalize(digits[0]),
+                                  min_agreement=1.01)
+    assert report["agreement"] == 1.0 and report["passed"] is False
+    assert "accuracy_drop_points" not in report  # no labels given
+
+
+def test_check_variant_refuses_a_sample_it_cannot_read(trained_checkpoint):
+    with pytest.raises(ValueError, match=r"uint8 digits \[N,28,28\]"):
+        export.check_variant(trained_checkpoint, "onnx", np.zeros((3, 28, 28), np.float64))
