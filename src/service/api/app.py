@@ -1,0 +1,110 @@
+"""``create_app(settings)``: the FastAPI service, its lifespan and its middleware.
+
+Start-up (lifespan): set torch threads, open the cache, load the registry's alias (weights only,
+verified), warm it up, start the micro-batcher and the alias watcher, enter the optional route
+modules' lifespans, then report ready. A missing or broken model stops start-up with a
+``ModelUnavailable`` message that says how to fix it. ``LOAD_MODEL=false`` skips the model:
+the instance then only serves the async routes and /predict answers 503 saying so.
+
+Middleware is pure ASGI (request id, metrics, GZip for bodies over 1 KB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import torch
+from fastapi import FastAPI
+from starlette.middleware.gzip import GZipMiddleware
+
+from service.api.errors import install_error_handlers
+from service.api.routes import collect
+from service.inference.batcher import MicroBatcher
+from service.inference.cache import PredictionCache
+from service.inference.model_manager import ModelManager
+from service.observability import (
+    MODEL_READY,
+    RequestContextMiddleware,
+    configure_logging,
+    observe_batch,
+)
+from service.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+GZIP_MINIMUM_BYTES = 1024
+
+
+def create_app(settings: Settings | None = None, *, model: ModelManager | None = None) -> FastAPI:
+    """The app; pass ``model`` (already loaded) to skip loading at start-up."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    routers, route_lifespans = collect()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            await _start(app, settings, stack)
+            for route_lifespan in route_lifespans:
+                await stack.enter_async_context(route_lifespan(app))
+            logger.info(
+                "ready",
+                extra={"model_version": app.state.model.version if app.state.model else None},
+            )
+            yield
+            logger.info("shutting down")
+
+    app = FastAPI(
+        title="lab2prod",
+        summary="The MNIST CNN from the notebook, served: POST /predict.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.model = model
+    app.state.batcher = None
+    app.state.cache = PredictionCache.from_settings(settings)
+    app.state.result_store = None  # filled by the async routes' lifespan
+    app.state.broker = None  # filled by the async routes' lifespan
+    app.state.ready_checks = {}
+    for router in routers:
+        app.include_router(router)
+    install_error_handlers(app)
+    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=6)
+    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)  # outermost
+    return app
+
+
+async def _start(app: FastAPI, settings: Settings, stack: contextlib.AsyncExitStack) -> None:
+    torch.set_num_threads(settings.torch_threads)
+    cache: PredictionCache = app.state.cache
+    stack.push_async_callback(cache.close)
+    if not settings.load_model:
+        app.state.model = None
+        MODEL_READY.set(0)
+        logger.info("LOAD_MODEL=false: serving without a model (async routes only)")
+        return
+    model: ModelManager = app.state.model or ModelManager(settings)
+    if not model.ready:
+        await asyncio.to_thread(model.load)  # raises ModelUnavailable with the fix
+    app.state.model = model
+    batcher = MicroBatcher(
+        model.predict,
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_batch_wait_ms,
+        max_queue_size=settings.max_queue_size,
+        on_batch=observe_batch,
+    ).start()
+    app.state.batcher = batcher
+    stack.callback(batcher.close)
+    if settings.model_poll_interval_s > 0:
+        watcher = asyncio.create_task(model.watch(), name="model-watcher")
+        stack.push_async_callback(_cancel, watcher)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,93 @@
+"""Every refusal as JSON ``{"detail": ..., "request_id": ...}`` with the right status.
+
+4xx for what the client sent (InputError carries its own status), 503 + Retry-After when the
+service cannot take the request now (queue full, model not loaded, out of memory, timeout),
+500 + request id when the model itself failed (the traceback is in the log under that id).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from service.api.inputs import InputError
+from service.api.serving import InferenceFailed, InferenceTimeout
+from service.inference.batcher import BatcherClosed, QueueFull
+from service.inference.model_manager import ModelNotLoaded, Overloaded
+from service.observability import QUEUE_REJECTED, request_id_var
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceUnavailable(RuntimeError):
+    """Raised by dependencies when this instance cannot serve the route now."""
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def error_response(
+    status: int, detail: str, headers: dict[str, str] | None = None
+) -> Response:
+    body = orjson.dumps({"detail": detail, "request_id": request_id_var.get()})
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+async def _input_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InputError)
+    return error_response(exc.status_code, exc.message)
+
+
+async def _queue_full(request: Request, exc: Exception) -> Response:
+    QUEUE_REJECTED.labels("queue_full").inc()
+    retry = getattr(exc, "retry_after", 1)
+    return error_response(503, str(exc), {"Retry-After": str(retry)})
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    reason = {
+        BatcherClosed: "closed", ModelNotLoaded: "no_model", Overloaded: "out_of_memory",
+        InferenceTimeout: "timeout", ServiceUnavailable: "unavailable",
+    }.get(type(exc), "unavailable")
+    QUEUE_REJECTED.labels(reason).inc()
+    retry = getattr(exc, "retry_after", None) or 1
+    return error_response(503, str(exc), {"Retry-After": str(retry)})
+
+
+async def _inference_failed(request: Request, exc: Exception) -> Response:
+    request_id = request_id_var.get()
+    return error_response(
+        500, f"{exc}; the log has the details under request id {request_id}"
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}) or None)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg')}"
+        for error in exc.errors()
+    )
+    return error_response(422, problems or "invalid request")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(InputError, _input_error)
+    app.add_exception_handler(QueueFull, _queue_full)
+    for unavailable in (
+        BatcherClosed, ModelNotLoaded, Overloaded, InferenceTimeout, ServiceUnavailable
+    ):
+        app.add_exception_handler(unavailable, _unavailable)
+    app.add_exception_handler(InferenceFailed, _inference_failed)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)

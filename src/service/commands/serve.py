@@ -1,0 +1,73 @@
+"""``lab2prod serve``: the FastAPI service under uvicorn (uvloop + httptools).
+
+Loads the registry's production model before binding the port; when there is none (or it is
+corrupt, or the registry is unreachable) it exits with status 2 and a message saying how to
+make one. Everything else comes from the settings (environment / .env): REGISTRY_URL,
+REDIS_URL, MAX_BATCH_SIZE, TORCH_THREADS, ACCESS_LOG, LOAD_MODEL, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from service.settings import get_settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve POST /predict from the registry's production model",
+        description="Run the HTTP service (uvicorn). Settings come from the environment/.env.",
+    )
+    parser.add_argument("--host", help="interface to bind (default: HOST, 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: PORT, 8000)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes, each with its own model and batcher (default: WORKERS, 1)",
+    )
+    parser.set_defaults(handler=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.api.app import create_app
+    from service.inference.model_manager import ModelManager, ModelUnavailable
+    from service.observability import configure_logging
+
+    overrides = {"host": args.host, "port": args.port, "workers": args.workers}
+    settings = get_settings().model_copy(
+        update={name: value for name, value in overrides.items() if value is not None}
+    )
+    if settings.workers < 1:
+        print("lab2prod serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_json)
+    model = None
+    if settings.load_model:
+        model = ModelManager(settings)
+        try:
+            model.load()  # before binding the port: fail fast, with the fix in the message
+        except ModelUnavailable as exc:
+            print(f"lab2prod serve: cannot start: {exc}", file=sys.stderr)
+            return 2
+    options = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,  # ACCESS_LOG=true logs requests as JSON, with their request id
+        "log_config": None,  # our JSON logging, configured by create_app
+        "log_level": settings.log_level,
+        "server_header": False,
+        "timeout_graceful_shutdown": 10,
+    }
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings, model=model), **options)  # type: ignore[arg-type]
+    else:  # each worker process builds its own app (and model) from the environment
+        uvicorn.run(
+            "service.api.app:create_app", factory=True, workers=settings.workers, **options
+        )  # type: ignore[arg-type]
+    return 0

@@ -1,0 +1,250 @@
+"""Prediction cache: an in-process LRU, and a Redis tier when REDIS_URL is set.
+
+Key = model version + a hash of the normalised uint8 28x28 input, so the same digit sent as JSON
+or uploaded as a PNG hits the same entry, and a new model version never serves an old answer.
+Values are the prediction's JSON bytes, served as they are.
+
+Redis is optional and never allowed to slow the service down: every call has a short timeout
+(``redis_timeout_s``), no retries, and a circuit breaker opens after ``breaker_failures``
+failures in a row. While it is open, Redis is not called at all (requests go straight to the
+model, the tier reports ``degraded``); after ``breaker_reset_s`` one trial call decides whether
+it closes again, so caching resumes by itself when Redis comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import numpy as np
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from service.observability import CACHE_DEGRADED, CACHE_ENTRIES, CACHE_REQUESTS
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+FAILED: Any = object()  # a Redis call that was skipped, timed out or failed
+MAX_PENDING_WRITES = 512  # Redis writes in flight; past this, writes are dropped, not queued
+
+
+def cache_key(version: str, digit: np.ndarray) -> str:
+    """'<version>:<blake2b of the 784 uint8 pixels>'."""
+    pixels = np.ascontiguousarray(digit, dtype=np.uint8)
+    return f"{version}:{hashlib.blake2b(pixels.data, digest_size=16).hexdigest()}"
+
+
+class CircuitBreaker:
+    """closed -> (N failures in a row) -> open -> (reset_s later, one trial) -> closed or open."""
+
+    def __init__(
+        self, failures: int, reset_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.threshold = failures
+        self.reset_s = reset_s
+        self.clock = clock
+        self.failures = 0
+        self.opened_at: float | None = None
+        self._trial = False
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half-open" if self.clock() - self.opened_at >= self.reset_s else "open"
+
+    def allow(self) -> bool:
+        if self.opened_at is None:
+            return True
+        if self._trial or self.clock() - self.opened_at < self.reset_s:
+            return False
+        self._trial = True  # exactly one trial call while half-open
+        return True
+
+    def success(self) -> None:
+        self.failures = 0
+        self.opened_at = None
+        self._trial = False
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self._trial or self.failures >= self.threshold:
+            self.opened_at = self.clock()
+        self._trial = False
+
+
+class LruCache:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, key: str) -> bytes | None:
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: bytes) -> None:
+        if self.size <= 0:
+            return
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class PredictionCache:
+    """``get(key)`` -> bytes or None; ``put(key, value)``. Event-loop side only (no locks)."""
+
+    def __init__(
+        self,
+        *,
+        size: int = 10_000,
+        redis_url: str | None = None,
+        ttl_s: int = 3600,
+        timeout_s: float = 0.05,
+        breaker_failures: int = 3,
+        breaker_reset_s: float = 2.0,
+        namespace: str = "lab2prod:prediction",
+    ) -> None:
+        self.memory = LruCache(size)
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self.namespace = namespace
+        self.breaker = CircuitBreaker(breaker_failures, breaker_reset_s)
+        self.redis: Redis | None = None
+        if redis_url:
+            self.redis = Redis.from_url(
+                redis_url,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 0),
+                retry_on_timeout=False,
+                health_check_interval=0,
+            )
+        self._writes: set[asyncio.Task[Any]] = set()
+        self._hit_memory = CACHE_REQUESTS.labels("memory", "hit")
+        self._miss_memory = CACHE_REQUESTS.labels("memory", "miss")
+        self._hit_redis = CACHE_REQUESTS.labels("redis", "hit")
+        self._miss_redis = CACHE_REQUESTS.labels("redis", "miss")
+        self._error_redis = CACHE_REQUESTS.labels("redis", "error")
+        self._skipped_redis = CACHE_REQUESTS.labels("redis", "skipped")
+        CACHE_DEGRADED.labels("redis").set(0)
+
+    @classmethod
+    def from_settings(cls, settings: Any, namespace: str | None = None) -> PredictionCache:
+        return cls(
+            size=settings.cache_size,
+            redis_url=settings.redis_url,
+            ttl_s=settings.cache_ttl_s,
+            timeout_s=settings.redis_timeout_s,
+            breaker_failures=settings.breaker_failures,
+            breaker_reset_s=settings.breaker_reset_s,
+            namespace=namespace or f"lab2prod:prediction:{settings.model_name}",
+        )
+
+    # --- the hot path -------------------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        value = self.memory.get(key)
+        if value is not None:
+            self._hit_memory.inc()
+            return value
+        self._miss_memory.inc()
+        if self.redis is None:
+            return None
+        value = await self._guarded(self.redis.get(f"{self.namespace}:{key}"))
+        if value is None or value is FAILED:
+            if value is None:
+                self._miss_redis.inc()
+            return None
+        self._hit_redis.inc()
+        self.memory.put(key, value)
+        return value
+
+    def put(self, key: str, value: bytes) -> None:
+        """Store in the LRU now and in Redis in the background (never awaited by a request)."""
+        self.memory.put(key, value)
+        if self.redis is None:
+            return
+        if len(self._writes) >= MAX_PENDING_WRITES or self.breaker.state == "open":
+            self._skipped_redis.inc()
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._guarded(self.redis.set(f"{self.namespace}:{key}", value, ex=self.ttl_s))
+        )
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _guarded(self, call: Awaitable[T]) -> T | Any:
+        """Run one Redis call under the breaker and a hard timeout; FAILED when it did not."""
+        if not self.breaker.allow():
+            self._skipped_redis.inc()
+            _close(call)
+            return FAILED
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                result = await call
+        except Exception as exc:  # timeouts, refused connections, Redis errors: all the same
+            self._error_redis.inc()
+            was_open = self.breaker.opened_at is not None
+            self.breaker.failure()
+            if self.breaker.opened_at is not None and not was_open:
+                CACHE_DEGRADED.labels("redis").set(1)
+                logger.warning(
+                    "redis cache degraded: circuit open for %.1fs (%s: %s)",
+                    self.breaker.reset_s, type(exc).__name__, exc,
+                )
+            return FAILED
+        if self.breaker.opened_at is not None:
+            logger.info("redis cache reachable again: circuit closed")
+        self.breaker.success()
+        CACHE_DEGRADED.labels("redis").set(0)
+        return result
+
+    # --- status -------------------------------------------------------------------------------
+
+    @property
+    def redis_state(self) -> str:
+        """'disabled', 'ok' or 'degraded' (the circuit is open or half-open)."""
+        if self.redis is None:
+            return "disabled"
+        return "ok" if self.breaker.opened_at is None else "degraded"
+
+    async def check(self) -> str:
+        """Ping Redis through the breaker (so /ready can close it early); returns redis_state."""
+        if self.redis is not None:
+            await self._guarded(self.redis.ping())
+        return self.redis_state
+
+    def status(self) -> dict[str, Any]:
+        CACHE_ENTRIES.set(len(self.memory))
+        return {
+            "memory": {"entries": len(self.memory), "size": self.memory.size},
+            "redis": self.redis_state,
+            "breaker": self.breaker.state if self.redis is not None else None,
+        }
+
+    async def close(self) -> None:
+        if self._writes:
+            await asyncio.wait(list(self._writes), timeout=1)
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+def _close(call: Awaitable[Any]) -> None:
+    close = getattr(call, "close", None)  # a coroutine never awaited: close it quietly
+    if close is not None:
+        close()

@@ -1,0 +1,205 @@
+"""Prometheus metrics and structured JSON logs with a request id.
+
+Metrics live in prometheus_client's default registry (one set per process) so the API, the
+batcher and the cache record into the same place and ``GET /metrics`` exposes them all. Updates
+on the hot path are a cached child lookup plus an increment.
+
+``RequestContextMiddleware`` is plain ASGI (no BaseHTTPMiddleware): it gives every request an id
+(the client's ``X-Request-ID`` when it is sane, else a fresh one), returns it as ``X-Request-ID``,
+puts it in every log line written while the request runs, records the request count and latency
+by route template and status, and turns an unhandled error into a JSON 500 carrying the id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from contextvars import ContextVar
+from typing import Any
+
+import orjson
+from prometheus_client import Counter, Gauge, Histogram, Info
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+logger = logging.getLogger("service.http")
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+HTTP_REQUESTS = Counter(
+    "lab2prod_http_requests_total", "HTTP requests by route template, method and status.",
+    ["route", "method", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "lab2prod_http_request_duration_seconds", "HTTP request latency by route and status.",
+    ["route", "method", "status"], buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "lab2prod_batch_size", "Inputs per forward pass.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+INFERENCE_SECONDS = Histogram(
+    "lab2prod_inference_seconds", "Time of one forward pass (a whole batch).",
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_DEPTH = Gauge("lab2prod_queue_depth", "Inputs waiting for the next batch.")
+QUEUE_REJECTED = Counter(
+    "lab2prod_rejected_total", "Requests refused with 503 before inference, by reason.", ["reason"]
+)
+CACHE_REQUESTS = Counter(
+    "lab2prod_cache_requests_total", "Cache lookups and writes by tier and result.",
+    ["tier", "result"],
+)
+CACHE_DEGRADED = Gauge(
+    "lab2prod_cache_degraded", "1 when a cache tier is unreachable (circuit open).", ["tier"]
+)
+CACHE_ENTRIES = Gauge("lab2prod_cache_entries", "Entries in the in-process LRU.")
+MODEL_INFO = Info("lab2prod_model", "The model being served.")
+MODEL_RELOADS = Counter(
+    "lab2prod_model_reloads_total", "Alias moves picked up (ok) or refused (error).", ["result"]
+)
+MODEL_READY = Gauge("lab2prod_model_ready", "1 when a warm model is serving.")
+
+
+def observe_batch(size: int, seconds: float) -> None:
+    BATCH_SIZE.observe(size)
+    INFERENCE_SECONDS.observe(seconds)
+
+
+_http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    key = (route, method, status)
+    children = _http_children.get(key)
+    if children is None:
+        labels = (route, method, str(status))
+        children = (HTTP_REQUESTS.labels(*labels), HTTP_LATENCY.labels(*labels))
+        _http_children[key] = children
+    children[0].inc()
+    children[1].observe(seconds)
+
+
+# --- logging ------------------------------------------------------------------------------------
+
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id and any extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = request_id_var.get()
+        if request_id:
+            payload["request_id"] = request_id
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_"):
+                payload[key] = value
+        if record.exc_info:
+            payload["error"] = self.formatException(record.exc_info)
+        return orjson.dumps(payload, default=str).decode()
+
+
+def configure_logging(level: str = "info", json_logs: bool = True) -> None:
+    """Route every logger (uvicorn's included) to one stderr handler; idempotent."""
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if getattr(h, "_lab2prod", False)), None)
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler._lab2prod = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    handler.setFormatter(
+        JsonFormatter() if json_logs else logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    )
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers.clear()
+        uvicorn_logger.propagate = True
+
+
+# --- the request middleware ---------------------------------------------------------------------
+
+_SANE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+_ERROR_HEADERS = [(b"content-type", b"application/json")]
+
+
+def new_request_id() -> str:
+    return os.urandom(8).hex()
+
+
+class RequestContextMiddleware:
+    """Request id, metrics, optional access log and a last-resort JSON 500 (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp, *, access_log: bool = False) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                if _SANE_ID.match(value):
+                    request_id = value.decode()
+                break
+        if request_id is None:
+            request_id = new_request_id()
+        token = request_id_var.set(request_id)
+        scope.setdefault("state", {})["request_id"] = request_id
+        id_header = (b"x-request-id", request_id.encode())
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                headers = message.get("headers")
+                message["headers"] = [*headers, id_header] if headers else [id_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            logger.exception("unhandled error", extra={"path": scope.get("path")})
+            if response_started:
+                raise
+            status = 500
+            body = orjson.dumps({"detail": "internal server error", "request_id": request_id})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [*_ERROR_HEADERS, id_header],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            observe_request(template, scope["method"], status, elapsed)
+            if self.access_log:
+                logger.info(
+                    "request",
+                    extra={
+                        "method": scope["method"], "path": scope["path"], "route": template,
+                        "status": status, "ms": round(elapsed * 1000, 3),
+                    },
+                )
+            request_id_var.reset(token)
