@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import subprocess
 import sys
@@ -48,17 +47,14 @@ def run(args: argparse.Namespace) -> int:
     settings = get_settings().model_copy(update=overrides)
     if args.processes > 1:
         return _supervise(args.processes, settings)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
-    )
-    from service.ml.checkpoint import CheckpointError
+    from service.inference.model_manager import ModelUnavailable
+    from service.observability import configure_logging
     from service.queue.runner import WorkerConfigError, run_worker
-    from service.release.registry import RegistryError
 
+    configure_logging(settings.log_level, settings.log_json)
     try:
         return asyncio.run(run_worker(settings))
-    except (WorkerConfigError, RegistryError, CheckpointError) as exc:
+    except (WorkerConfigError, ModelUnavailable) as exc:
         print(f"lab2prod worker: {exc}", file=sys.stderr)
         return 1
 

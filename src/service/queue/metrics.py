@@ -1,5 +1,6 @@
 """Prometheus metrics of the job queue and its workers (default registry, so an API that runs
-the embedded worker exposes them on its own ``/metrics`` too)."""
+the embedded worker exposes them on its own ``/metrics`` too). The served model version is
+``lab2prod_model_info``, set by the ModelManager that workers share with the API."""
 
 from __future__ import annotations
 
@@ -29,11 +30,3 @@ LATENCY_SECONDS = Histogram(
 QUEUE_DEPTH = Gauge("lab2prod_jobs_queue_depth", "Messages ready in the job queue.", ["queue"])
 QUEUE_CONSUMERS = Gauge("lab2prod_jobs_queue_consumers", "Consumers of the job queue.", ["queue"])
 DEAD_LETTERS = Gauge("lab2prod_jobs_dead_letters", "Messages in the dead-letter queue.", ["queue"])
-MODEL_INFO = Gauge(
-    "lab2prod_jobs_model_info", "The model version a worker serves (1 = current).", ["version"]
-)
-
-
-def set_model_version(version: str) -> None:
-    MODEL_INFO.clear()
-    MODEL_INFO.labels(version=version).set(1)

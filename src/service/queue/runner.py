@@ -18,11 +18,11 @@ import signal
 import torch
 from prometheus_client import start_http_server
 
+from service.inference.model_manager import ModelManager
 from service.queue import metrics
 from service.queue.broker import BrokerUnavailable, RabbitBroker
 from service.queue.results import RedisResultStore
-from service.queue.worker import JobWorker, ModelFollower, RuntimePredictor
-from service.release.registry import Registry
+from service.queue.worker import JobWorker, ManagerPredictor
 from service.settings import Settings
 
 log = logging.getLogger("service.queue.worker")
@@ -48,29 +48,24 @@ def check_settings(settings: Settings) -> None:
         )
 
 
-async def run_worker(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT; returns the process exit code."""
+async def run_worker(settings: Settings, stopping: asyncio.Event | None = None) -> int:
+    """Run until ``stopping`` is set (by default: until SIGTERM/SIGINT); the exit code."""
     check_settings(settings)
     assert settings.amqp_url and settings.redis_url
     torch.set_num_threads(settings.torch_threads)
-    follower = ModelFollower(
-        Registry(settings.registry_url, settings.model_name),
-        settings.model_alias,
-        runtime=settings.runtime,
-        device=settings.device,
-        poll_interval_s=settings.model_poll_interval_s,
-    )
-    model = await asyncio.to_thread(follower.load)
+    manager = ModelManager(settings)  # the API's loader and alias follower, shared
+    model = await asyncio.to_thread(manager.load)  # ModelUnavailable says what to fix
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr=settings.host)
     store = RedisResultStore(settings.redis_url, settings.result_ttl_s)
-    predictor = RuntimePredictor(lambda: follower.model)
+    predictor = ManagerPredictor(manager)
 
-    stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT) if stopping is None else ()
+    stopping = stopping or asyncio.Event()
+    for signum in signals:
         loop.add_signal_handler(signum, stopping.set)
-    follow = asyncio.create_task(follower.follow(), name="follow-alias")
+    follow = asyncio.create_task(manager.watch(), name="follow-alias")
     log.info(
         "worker starting: model %s on %s, queue %s, prefetch %d, batch %d/%.1fms",
         model.version, model.runtime.device, settings.queue_name, settings.worker_prefetch,
@@ -105,7 +100,7 @@ async def run_worker(settings: Settings) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await follow
         await store.close()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in signals:
             loop.remove_signal_handler(signum)
     log.info("worker stopped")
     return 0

@@ -22,19 +22,17 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from service.inference.runtime import LoadedModel, load_runtime
-from service.ml.preprocess import normalize
+from service.inference.batcher import QueueFull
 from service.queue import metrics
 from service.queue.broker import BROKER_ERRORS, Delivery
 from service.queue.jobs import Job, JobResult, PoisonJob, decode_job, is_inference_id
 from service.queue.results import ResultStore, ResultStoreUnavailable
-from service.release.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +40,12 @@ log = logging.getLogger(__name__)
 @dataclass
 class BatchPrediction:
     probabilities: np.ndarray  # [N, C]
-    model_version: str
+    model_version: str | Sequence[str]  # one for the batch, or one per row
+
+    def version_of(self, row: int) -> str:
+        if isinstance(self.model_version, str):
+            return self.model_version
+        return self.model_version[row]
 
 
 class Predictor(Protocol):
@@ -51,72 +54,45 @@ class Predictor(Protocol):
         ...
 
 
-class RuntimePredictor:
-    """Normalise with the one preprocessing function, run the runtime in a thread."""
+class ManagerPredictor:
+    """Worker processes: the API's ModelManager (same loader, same alias following), in a thread."""
 
-    def __init__(self, current_model: Callable[[], LoadedModel]) -> None:
-        self._current_model = current_model
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
 
     async def predict(self, images: np.ndarray) -> BatchPrediction:
-        model = self._current_model()
-        batch = normalize(images, model.normalization)
-        probabilities = await asyncio.to_thread(model.runtime.predict_proba, batch)
-        return BatchPrediction(probabilities, model.version)
-
-
-class ModelFollower:
-    """Holds the model a registry alias names, and reloads it when the alias moves."""
-
-    def __init__(
-        self,
-        registry: Registry,
-        alias: str,
-        *,
-        runtime: str = "auto",
-        device: str = "auto",
-        poll_interval_s: float = 10.0,
-    ) -> None:
-        self.registry = registry
-        self.alias = alias
-        self.runtime = runtime
-        self.device = device
-        self.poll_interval_s = poll_interval_s
-        self._model: LoadedModel | None = None
-
-    @property
-    def model(self) -> LoadedModel:
-        if self._model is None:
-            raise RuntimeError("ModelFollower.load() has not run yet")
-        return self._model
-
-    def load(self) -> LoadedModel:
-        """Resolve the alias and load that version through the one loader (blocking)."""
-        version = self.registry.resolve(self.alias)
-        if self._model is not None and self._model.version == version:
-            return self._model
-        model = load_runtime(
-            self.registry.checkpoint_path(version),
-            runtime=self.runtime,
-            device=self.device,
-            version=version,
+        predictions = await asyncio.to_thread(self.manager.predict, list(images))
+        return BatchPrediction(
+            np.asarray([p.probabilities for p in predictions], dtype=np.float32),
+            [p.model_version for p in predictions],
         )
-        model.runtime.predict_proba(normalize(np.zeros((1, 28, 28), np.uint8)))  # warm-up
-        previous, self._model = self._model, model
-        metrics.set_model_version(version)
-        if previous is not None:
-            log.info("alias %r moved: serving %s (was %s)", self.alias, version, previous.version)
-        return model
 
-    async def follow(self) -> None:
-        """Poll the alias until cancelled; a failed reload keeps the current model."""
-        if self.poll_interval_s <= 0:
-            return
-        while True:
-            await asyncio.sleep(self.poll_interval_s)
-            try:
-                await asyncio.to_thread(self.load)
-            except Exception:
-                log.exception("cannot reload alias %r; keeping %s", self.alias, self.model.version)
+
+class BatcherPredictor:
+    """Embedded mode: jobs share the API's micro-batcher, and so its model, with /predict.
+
+    The jobs are already accepted, so a full batcher queue makes them wait, not fail.
+    """
+
+    def __init__(self, batcher: Any, wait_s: float = 0.005) -> None:
+        self.batcher = batcher
+        self.wait_s = wait_s
+
+    async def predict(self, images: np.ndarray) -> BatchPrediction:
+        digits = list(images)
+        predictions: list[Any] = []
+        step = max(1, min(len(digits), int(getattr(self.batcher, "max_queue_size", len(digits)))))
+        for start in range(0, len(digits), step):
+            while True:
+                try:
+                    predictions += await self.batcher.submit_many(digits[start : start + step])
+                    break
+                except QueueFull:
+                    await asyncio.sleep(self.wait_s)
+        return BatchPrediction(
+            np.asarray([p.probabilities for p in predictions], dtype=np.float32),
+            [p.model_version for p in predictions],
+        )
 
 
 _STOP = object()
@@ -234,11 +210,13 @@ class JobWorker:
             (
                 delivery,
                 JobResult.done(
-                    job.inference_id, row, prediction.model_version, delivery.attempt, self.name
+                    job.inference_id, row, prediction.version_of(index), delivery.attempt, self.name
                 ),
                 job.submitted_at,
             )
-            for (delivery, job), row in zip(decoded, prediction.probabilities, strict=True)
+            for index, ((delivery, job), row) in enumerate(
+                zip(decoded, prediction.probabilities, strict=True)
+            )
         ]
 
     def _triage(

@@ -3,7 +3,6 @@ with a unique queue per test (deleted afterwards), and a briefly trained model i
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +38,7 @@ def amqp_url() -> str:
 def queue_name(amqp_url: str) -> Iterator[str]:
     name = support.unique_queue_name()
     yield name
-    asyncio.run(support.delete_queue_topology(amqp_url, name))
+    support.run_sync(support.delete_queue_topology(amqp_url, name))
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ can use them. A service that cannot be reached FAILS the test that needs it (nev
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import shutil
 import socket
@@ -15,6 +16,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import numpy as np
@@ -69,13 +71,19 @@ def start_redis_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return process, url
 
 
+def run_sync(coroutine: Any) -> Any:
+    """Run a coroutine to completion from sync code, even inside a running event loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def require_rabbitmq(url: str = RABBITMQ_URL) -> str:
     async def probe() -> None:
         connection = await aio_pika.connect(url, timeout=5)
         await connection.close()
 
     try:
-        asyncio.run(probe())
+        run_sync(probe())
     except Exception as exc:
         pytest.fail(f"RabbitMQ is not reachable at {url} ({exc!r}); these tests need it running")
     return url
@@ -159,6 +167,7 @@ def worker_env(
         "REGISTRY_URL": str(registry),
         "QUEUE_NAME": queue,
         "DEVICE": "cpu",
+        "RUNTIME": "eager",  # the reference predictions are eager: compare like with like
         "TORCH_THREADS": "1",
         "LOG_LEVEL": "info",
         "PYTHONUNBUFFERED": "1",

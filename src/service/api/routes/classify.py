@@ -1,0 +1,143 @@
+"""POST /classify and GET /result/{inference_id}: submit a digit now, fetch its prediction later.
+
+The job goes to RabbitMQ (``AMQP_URL``; ``lab2prod worker`` answers it) or, without a broker,
+to an in-process queue that this API serves itself. The ``lifespan`` below starts and stops
+that machinery (``service.queue.lifecycle``) and registers the ``broker`` and ``result_store``
+readiness checks that GET /ready reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from service.api.deps import SettingsDep
+from service.api.errors import ServiceUnavailable
+from service.api.inputs import digit_from_request
+from service.api.schemas import ERRORS_DOC, PREDICT_REQUEST_DOC, ErrorOut
+from service.queue import metrics
+from service.queue.broker import BrokerUnavailable
+from service.queue.jobs import JobStatus
+from service.queue.lifecycle import AsyncJobs, start_async, stop_async
+from service.queue.results import ResultStoreUnavailable
+
+router = APIRouter(tags=["async"])
+JSON = "application/json"
+
+
+# 202 from POST /classify: the job is queued (the broker confirmed it).
+class ClassifyAccepted(BaseModel):
+    inference_id: str = Field(description="A uuid4; poll GET /result/{inference_id}.")
+
+
+# GET /result/{inference_id}: fields beyond the status appear when the status has them.
+class JobResultOut(BaseModel):
+    inference_id: str
+    status: Literal["pending", "done", "failed"]
+    predicted_class: int | None = Field(None, description="When done: the predicted digit.")
+    confidence: float | None = Field(None, description="When done: its probability, 0..1.")
+    model_version: str | None = Field(None, description="When done: the version that answered.")
+    error: str | None = Field(None, description="When failed: what went wrong.")
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Any) -> AsyncIterator[None]:
+    """Start the broker, result store (and embedded worker); register their readiness checks."""
+    jobs = await start_async(app, app.state.settings)
+    app.state.broker, app.state.result_store = jobs.broker, jobs.store
+    app.state.ready_checks["broker"] = lambda: _broker_check(jobs)
+    app.state.ready_checks["result_store"] = lambda: _store_check(jobs)
+    try:
+        yield
+    finally:
+        await stop_async(app)
+
+
+async def _broker_check(jobs: AsyncJobs) -> str:
+    status = await jobs.broker.status()
+    if not status.ok:
+        return f"unreachable: {status.error}"
+    metrics.QUEUE_DEPTH.labels(status.queue).set(status.depth or 0)
+    metrics.QUEUE_CONSUMERS.labels(status.queue).set(status.consumers or 0)
+    if jobs.mode == "embedded" and jobs.worker is None:
+        return "disabled"  # no broker and no model: /classify answers 503 saying so
+    return "ok"
+
+
+async def _store_check(jobs: AsyncJobs) -> str:
+    return "ok" if await jobs.store.ping() else f"unreachable ({jobs.store.kind})"
+
+
+async def get_jobs(request: Request) -> AsyncJobs:
+    jobs: AsyncJobs | None = getattr(request.app.state, "jobs", None)
+    if jobs is None:
+        raise ServiceUnavailable("async jobs are starting or shutting down; retry shortly")
+    return jobs
+
+
+JobsDep = Annotated[AsyncJobs, Depends(get_jobs)]
+
+
+@router.post(
+    "/classify",
+    status_code=202,
+    response_model=ClassifyAccepted,
+    responses={**ERRORS_DOC, 503: {"model": ErrorOut, "description": "Not queued: Retry-After."}},
+    openapi_extra=PREDICT_REQUEST_DOC,
+    summary="Queue one digit for classification; poll GET /result/{inference_id}",
+)
+async def classify(request: Request, jobs: JobsDep, settings: SettingsDep) -> Response:
+    """Same input as /predict; 202 only once the job is queued, 503 + Retry-After if it is not."""
+    digit = await digit_from_request(
+        request, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels
+    )
+    try:
+        inference_id = await jobs.submit(digit)
+    except BrokerUnavailable as exc:
+        raise ServiceUnavailable(str(exc), retry_after=exc.retry_after_s) from None
+    except ResultStoreUnavailable as exc:
+        raise ServiceUnavailable(f"{exc}; nothing was queued", retry_after=1) from None
+    return Response(
+        orjson.dumps({"inference_id": inference_id}),
+        status_code=202,
+        media_type=JSON,
+        headers={"Location": f"/result/{inference_id}"},
+    )
+
+
+@router.get(
+    "/result/{inference_id}",
+    response_model=JobResultOut,
+    responses={
+        202: {"model": JobResultOut, "description": "Still queued or running; retry later."},
+        404: {"model": ErrorOut, "description": "Unknown id, or its result expired."},
+        503: {"model": ErrorOut, "description": "The result store is unreachable."},
+    },
+    summary="The job's status: done (200), failed (200), pending (202) or unknown (404)",
+)
+async def result(inference_id: str, jobs: JobsDep, settings: SettingsDep) -> Response:
+    """Done: the prediction. Failed: the error. Pending: 202 with Retry-After. Unknown: 404."""
+    try:
+        record = await jobs.result(inference_id)
+    except ResultStoreUnavailable as exc:
+        raise ServiceUnavailable(str(exc), retry_after=1) from None
+    if record is None:
+        raise HTTPException(
+            404,
+            f"no job {inference_id!r}: unknown, or its result expired "
+            f"(results are kept {settings.result_ttl_s} s, RESULT_TTL_S)",
+        )
+    pending = record.status is JobStatus.PENDING
+    return Response(
+        orjson.dumps(record.public()),
+        status_code=202 if pending else 200,
+        media_type=JSON,
+        headers={"Retry-After": "1"} if pending else None,
+    )
