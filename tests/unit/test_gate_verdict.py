@@ -91,7 +91,8 @@ def gate(run_dir: Path, champion: str | None = None, failed: str | None = None,
         NotebookOutcome("evaluate", str(run_dir / "evaluate.ipynb"), ran=failed is None),
     ]
     return decide(POLICY, notebooks=notebooks, records=read_records(run_dir),
-                  champion_version=champion, device="cpu", serving_runtime=runtime)
+                  champion_version=champion, device="cpu", serving_runtime=runtime,
+                  serving_device="cpu")
 
 
 def by_name(verdict) -> dict[str, Any]:
@@ -244,7 +245,7 @@ def test_the_runtime_serving_picks_is_checked_against_eager_on_the_evaluation_sp
 ):
     verdict = gate(write_run(tmp_path, recorded_run), runtime="onnx-int8")
     runtime = by_name(verdict)["serving_runtime"]
-    assert "runtime onnx-int8 (RUNTIME=onnx-int8) vs eager on 64 evaluation digits" in runtime.detail
+    assert "runtime onnx-int8 (RUNTIME=onnx-int8) vs eager on 64 evaluation" in runtime.detail
     assert 0.0 <= runtime.measured <= 1.0
     assert runtime.passed == (runtime.measured >= POLICY.criteria.min_runtime_agreement)
 

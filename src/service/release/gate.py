@@ -182,6 +182,7 @@ def decide(
     data_dir: str | Path | None = None,
     device: str = "auto",
     serving_runtime: str = "auto",
+    serving_device: str = "auto",
 ) -> Verdict:
     """Apply the policy to one run: one CriterionResult per criterion, in a fixed order."""
     evaluation = records.evaluation
@@ -202,7 +203,8 @@ def decide(
         champion = evaluation.get("champion") if evaluation else None
         results.extend(_no_regression(candidate, champion, champion_version, criteria))
         results.extend(_serving_checks(records, criteria, data_dir=data_dir, device=device,
-                                       serving_runtime=serving_runtime))
+                                       serving_runtime=serving_runtime,
+                                       serving_device=serving_device))
     return Verdict(
         passed=all(result.passed for result in results),
         dataset=dataset_name,
@@ -351,7 +353,7 @@ def _no_regression(
 
 def _serving_checks(
     records: RunRecords, criteria: Criteria, *, data_dir: str | Path | None, device: str,
-    serving_runtime: str,
+    serving_runtime: str, serving_device: str,
 ) -> list[CriterionResult]:
     """The checkpoint through the serving code: exact replay, then the runtime serving picks."""
     parity_required = f"0 mismatches, |dp| <= {criteria.sample_probability_atol:g}"
@@ -365,7 +367,8 @@ def _serving_checks(
                 CriterionResult("serving_runtime", False, None, runtime_required, failure)]
     return [
         _serving_parity(records, dataset, criteria, parity_required, device),
-        _serving_runtime(records, dataset, criteria, runtime_required, device, serving_runtime),
+        _serving_runtime(records, dataset, criteria, runtime_required, serving_device,
+                         serving_runtime),
     ]
 
 
@@ -447,14 +450,14 @@ def _serving_runtime(
     records: RunRecords, dataset: Any, criteria: Criteria, required: str, device: str,
     runtime: str,
 ) -> CriterionResult:
-    """The runtime serving will pick (RUNTIME, e.g. auto -> int8 ONNX) against eager PyTorch
-    on the whole evaluation split: exported and quantized variants may differ slightly."""
+    """The runtime serving will build (RUNTIME on DEVICE, e.g. auto on CPU -> int8 ONNX) against
+    eager PyTorch on the whole evaluation split: exported and quantized variants may differ."""
     try:
         from service.inference.export import check_variant
 
         report = check_variant(
             records.checkpoint, runtime, dataset.test_images, dataset.test_labels,
-            device="cpu" if device == "auto" else device,
+            device=device,
             min_agreement=criteria.min_runtime_agreement,
             max_accuracy_drop_points=criteria.max_runtime_accuracy_drop * 100.0,
         )

@@ -118,7 +118,7 @@ def run_release(
         "champion": champion,
         "policy": policy_source,
         "registry": {"url": registry.url, "model": registry.model_name, "alias": alias},
-        "serving_runtime": settings.runtime,
+        "serving": {"runtime": settings.runtime, "device": settings.device},
     }
     _write_json(run_dir / RUN_RECORD, record)
     log.info("run %s in %s (champion: %s)", run_id, run_dir,
@@ -150,6 +150,7 @@ def run_release(
         data_dir=effective["evaluate"].get("data_dir") or effective["train"].get("data_dir"),
         device=str(effective["evaluate"].get("device") or "auto"),
         serving_runtime=settings.runtime,
+        serving_device=settings.device,
     )
     timings["gate_s"] = round(time.perf_counter() - tick, 3)
 
