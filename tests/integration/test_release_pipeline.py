@@ -251,3 +251,18 @@ def test_an_unknown_parameter_is_an_error_that_lists_the_known_names(tmp_path):
     assert "epochs" in done.stderr and "test_limit" in done.stderr
     assert not (project / "runs" / "typo").exists()
     assert not (project / "models").exists()
+
+
+def test_the_retrain_wrapper_runs_in_its_checkout_logs_to_runs_and_passes_the_exit_code(tmp_path):
+    project = make_project(tmp_path / "checkout")
+    (project / "scripts").mkdir()
+    shutil.copy2(REPO / "scripts" / "retrain.sh", project / "scripts" / "retrain.sh")
+    env = {key: value for key, value in os.environ.items() if key not in SETTINGS_ENV}
+    env["LAB2PROD"] = str(Path(sys.executable).with_name("lab2prod"))
+    done = subprocess.run([str(project / "scripts" / "retrain.sh"), "-p", "epoch", "2"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    logs = list((project / "runs").glob("retrain-*.log"))
+    assert len(logs) == 1
+    logged = logs[0].read_text()
+    assert "unknown parameter epoch" in logged and "retrain.sh: exit 2" in logged

@@ -141,17 +141,23 @@ def run_release(
 
     tick = time.perf_counter()
     records = read_records(run_dir)
-    verdict = decide(
-        policy,
-        notebooks=outcomes,
-        records=records,
-        champion_version=champion["version"] if champion else None,
-        dataset_hint=effective["train"].get("dataset"),
-        data_dir=effective["evaluate"].get("data_dir") or effective["train"].get("data_dir"),
-        device=str(effective["evaluate"].get("device") or "auto"),
-        serving_runtime=settings.runtime,
-        serving_device=settings.device,
-    )
+    try:
+        verdict = decide(
+            policy,
+            notebooks=outcomes,
+            records=records,
+            champion_version=champion["version"] if champion else None,
+            dataset_hint=effective["train"].get("dataset"),
+            data_dir=effective["evaluate"].get("data_dir") or effective["train"].get("data_dir"),
+            device=str(effective["evaluate"].get("device") or "auto"),
+            serving_runtime=settings.runtime,
+            serving_device=settings.device,
+        )
+    except Exception as exc:  # records the gate cannot read refuse the release, on the record
+        log.exception("the gate could not judge run %s", run_id)
+        verdict = Verdict(passed=False, dataset=None, criteria=[CriterionResult(
+            "gate", False, None, "run records the gate can read", f"{type(exc).__name__}: {exc}"
+        )])
     timings["gate_s"] = round(time.perf_counter() - tick, 3)
 
     record.update(_lineage(records, outcomes, reports, run_dir))
