@@ -30,3 +30,9 @@ LATENCY_SECONDS = Histogram(
 QUEUE_DEPTH = Gauge("lab2prod_jobs_queue_depth", "Messages ready in the job queue.", ["queue"])
 QUEUE_CONSUMERS = Gauge("lab2prod_jobs_queue_consumers", "Consumers of the job queue.", ["queue"])
 DEAD_LETTERS = Gauge("lab2prod_jobs_dead_letters", "Messages in the dead-letter queue.", ["queue"])
+WS_CONNECTIONS = Gauge("lab2prod_ws_connections", "Open /ws/predict connections.")
+WS_MESSAGES = Counter(
+    "lab2prod_ws_messages_total",
+    "/ws/predict replies by outcome (ok, refused, failed, overload).",
+    ["outcome"],
+)
