@@ -250,6 +250,10 @@ def test_an_unknown_parameter_is_an_error_that_lists_the_known_names(tmp_path):
     assert "unknown parameter epoch" in done.stderr
     assert "epochs" in done.stderr and "test_limit" in done.stderr
     assert not (project / "runs" / "typo").exists()
+    bad_alias = lab2prod(project, "release", "--alias", "v3", "--run-id", "alias")
+    assert bad_alias.returncode == 2
+    assert "alias 'v3' is not allowed" in bad_alias.stderr
+    assert not (project / "runs").exists()
     assert not (project / "models").exists()
 
 

@@ -30,7 +30,13 @@ from service.release.gate import (
     read_records,
 )
 from service.release.params import declared_parameters, route_parameters
-from service.release.registry import PREVIOUS, PRODUCTION, Registry, RegistryError
+from service.release.registry import (
+    PREVIOUS,
+    PRODUCTION,
+    Registry,
+    RegistryError,
+    check_alias,
+)
 from service.settings import Settings
 
 log = logging.getLogger("lab2prod.release")
@@ -81,6 +87,7 @@ def run_release(
     declared = {name: declared_parameters(path) for name, path in notebooks.items()}
     routed = route_parameters(parameters, declared)
 
+    check_alias(alias)  # before the run, not after an hour of training
     registry = Registry(settings.registry_url, settings.model_name)
     champion = _current_champion(registry, settings.model_alias)
 

@@ -171,11 +171,7 @@ class Registry:
         return target
 
     def _move_alias(self, alias: str, version: str) -> None:
-        if not _ALIAS.match(alias) or _VERSION.match(alias):
-            raise RegistryError(
-                f"alias {alias!r} is not allowed: use letters, digits, '.', '_' or '-', "
-                "starting with a letter, and not of the form v<N>"
-            )
+        check_alias(alias)
         aliases = self.aliases()
         if alias == PRODUCTION and aliases.get(PRODUCTION) not in (None, version):
             aliases[PREVIOUS] = aliases[PRODUCTION]
@@ -201,6 +197,16 @@ class Registry:
         Path(self._lock_path).parent.mkdir(parents=True, exist_ok=True)
         with FileLock(self._lock_path, timeout=120):
             yield
+
+
+def check_alias(alias: str) -> str:
+    """Refuse alias names that could be mistaken for versions or paths."""
+    if not _ALIAS.match(alias) or _VERSION.match(alias):
+        raise RegistryError(
+            f"alias {alias!r} is not allowed: use letters, digits, '.', '_' or '-', "
+            "starting with a letter, and not of the form v<N>"
+        )
+    return alias
 
 
 def _file_digest(path: Path) -> str:
