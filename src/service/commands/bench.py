@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from service.bench.harness import TARGETS
 from service.settings import get_settings
 
 
@@ -47,6 +49,20 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--work-dir", type=Path,
                         default=Path(tempfile.gettempdir()) / "lab2prod-bench",
                         help="scratch space: registry, request bodies, logs")
+    parser.add_argument("--duration", type=float, default=5.0,
+                        help="seconds of load per point (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--concurrency", type=_int_list, default=[1, 8, 64],
+                        help="connections, comma-separated (default 1,8,64)")
+    parser.add_argument("--targets", help="comma-separated, default all: " + ", ".join(TARGETS))
+    parser.add_argument("--distinct", type=int, default=2048,
+                        help="distinct digits cycled for miss-path figures (>= 1000)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="`lab2prod worker` processes whose memory is measured (0: skip)")
+    parser.add_argument("--server-cpu", type=int, default=0, help="core for servers (0)")
+    parser.add_argument("--client-cpu", type=int, default=1, help="core for wrk (1)")
+    parser.add_argument("--readme", type=Path, default=Path("README.md"),
+                        help="README whose bench markers get the targets table")
     parser.add_argument("--seconds", type=float, default=2.0,
                         help="--runtimes: seconds of calls per variant and batch size")
     parser.add_argument("--variants", help="--runtimes: comma-separated names (default all)")
@@ -77,5 +93,38 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: the measurement chose {data['chosen']!r} but runtime.AUTO_PREFERENCE_CPU "
                   f"starts with {data['auto_preference_cpu'][0]!r}; update it", file=sys.stderr)
         return 0
-    print("lab2prod bench: the HTTP harness is not built yet; use --runtimes", file=sys.stderr)
-    return 2
+    return _serving(args, checkpoint, source, settings)
+
+
+def _serving(args: argparse.Namespace, checkpoint: Path, source: str, settings: Any) -> int:
+    from service.bench import report
+    from service.bench.harness import BenchConfig, run_benchmark
+    from service.bench.wrk import BenchError
+
+    config = BenchConfig(
+        checkpoint=checkpoint, checkpoint_source=source, out_dir=args.out,
+        work_dir=args.work_dir, seconds=args.duration, rounds=args.rounds,
+        concurrencies=args.concurrency, server_cpu=args.server_cpu, client_cpu=args.client_cpu,
+        targets=[t.strip() for t in args.targets.split(",")] if args.targets else list(TARGETS),
+        distinct=args.distinct, workers=args.workers, amqp_url=settings.amqp_url,
+        model_name=settings.model_name,
+    )
+    # SIGTERM stops the run like Ctrl-C does: every server started is stopped on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        data = run_benchmark(config)
+    except BenchError as exc:
+        print(f"lab2prod bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lab2prod bench: interrupted; every server it started is stopped", file=sys.stderr)
+        return 130
+    paths = report.write(data, args.out, args.readme)
+    print(report.targets_table(data))
+    print("\n".join(f"{c}: {r}" for c, r in data["ratios"].items()))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

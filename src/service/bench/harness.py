@@ -1,0 +1,423 @@
+"""The serving benchmark: our service and three baselines, one run, interleaved rounds.
+
+Every server runs pinned to one core (``taskset -c SERVER_CPU``), wrk to the other; each round
+visits every target at each concurrency in turn (A B C D, A B C D, ...), so slow drifts of a
+shared machine spread over all of them. Figures are medians over rounds, with the range.
+
+Targets (a server and a body set):
+  ours, tutorial, threadpool, litserve   JSON pixels, >= 1,000 distinct digits (misses)
+  ours-png                               PNG uploads 28..400 px, distinct (misses)
+  ours-batch                             POST /predict/batch, 32 distinct digits a request
+  ours-hit-memory                        one body repeated: in-process LRU hits
+  ours-hit-redis                         one body repeated: Redis hits (no in-process LRU)
+
+Our miss-path server keeps its in-process cache on but smaller (256) than the cycle of
+distinct bodies (2,048), so an LRU can never hit; /metrics cache counters prove it per run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import time
+import urllib.request
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.bench import bodies as bodies_module
+from service.bench import wrk
+from service.bench.servers import Server, ServerSpec, free_port, python_command
+from service.bench.wrk import BenchError
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[3]
+BASELINES = REPO / "scripts" / "baselines"
+BASELINE_TARGETS = ("tutorial", "threadpool", "litserve")
+# target -> (server, body set)
+TARGETS: dict[str, tuple[str, str]] = {
+    "ours": ("ours", "json"),
+    "tutorial": ("tutorial", "json"),
+    "threadpool": ("threadpool", "json"),
+    "litserve": ("litserve", "json"),
+    "ours-png": ("ours", "png"),
+    "ours-batch": ("ours", "batch"),
+    "ours-hit-memory": ("ours", "json-same"),
+    "ours-hit-redis": ("ours-redis", "json-same"),
+}
+MISS_CACHE_SIZE = 256  # < the number of distinct bodies: a cycling LRU never hits
+
+
+@dataclass
+class BenchConfig:
+    checkpoint: Path
+    checkpoint_source: str
+    out_dir: Path
+    work_dir: Path
+    seconds: float = 5.0
+    rounds: int = 3
+    concurrencies: list[int] = field(default_factory=lambda: [1, 8, 64])
+    targets: list[str] = field(default_factory=lambda: list(TARGETS))
+    server_cpu: int = 0
+    client_cpu: int = 1
+    warmup_s: float = 2.0
+    distinct: int = 2048
+    workers: int = 2  # `lab2prod worker` processes whose memory is measured (0: skip)
+    amqp_url: str | None = None
+    model_name: str = "mnist-cnn"
+
+    def validate(self) -> None:
+        unknown = [t for t in self.targets if t not in TARGETS]
+        if unknown:
+            raise BenchError(f"unknown targets {unknown}; choose from {', '.join(TARGETS)}")
+        if self.distinct < 1000 or self.distinct <= MISS_CACHE_SIZE:
+            raise BenchError(f"--distinct must be >= 1000 (and > {MISS_CACHE_SIZE}) so that "
+                             "miss-path figures never hit a cache")
+        if self.rounds < 1 or self.seconds < 1:
+            raise BenchError("--rounds must be >= 1 and --duration >= 1 second")
+
+
+@dataclass
+class Run:
+    target: str
+    concurrency: int
+    round: int
+    requests_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: int
+    status_errors: int
+    socket_errors: int
+    requests: int
+    duration_s: float
+    server_cpu_cores: float  # CPU seconds of the server's process tree / wall seconds
+    cpu_ms_per_request: float
+    items_per_request: int = 1
+    cache: dict[str, float] = field(default_factory=dict)  # /metrics deltas, our servers only
+
+
+# --- servers ----------------------------------------------------------------------------------
+
+
+def publish_registry(checkpoint: Path, work_dir: Path, model_name: str) -> Path:
+    """A fresh registry holding only ``checkpoint`` as production (never the user's)."""
+    from service.release.registry import Registry
+
+    root = work_dir / f"registry-{uuid.uuid4().hex[:8]}"
+    Registry(root, model_name).publish(checkpoint, {"source": "lab2prod bench"})
+    return root
+
+
+def server_specs(
+    config: BenchConfig, registry: Path, redis_port: int | None
+) -> dict[str, ServerSpec]:
+    checkpoint = str(config.checkpoint.resolve())
+    ours_env = {
+        "REGISTRY_URL": str(registry), "MODEL_NAME": config.model_name,
+        "MODEL_ALIAS": "production", "TORCH_THREADS": "1", "MODEL_POLL_INTERVAL_S": "0",
+        "LOG_LEVEL": "warning", "ACCESS_LOG": "false", "CACHE_SIZE": str(MISS_CACHE_SIZE),
+        "DEVICE": "cpu",
+    }
+    specs: dict[str, ServerSpec] = {}
+    port = free_port()
+    specs["ours"] = ServerSpec("ours", python_command("-m", "service.cli", "serve", "--port",
+                                                      str(port)), port, "/ready", ours_env)
+    if redis_port is not None:
+        port = free_port()
+        specs["ours-redis"] = ServerSpec(
+            "ours-redis", python_command("-m", "service.cli", "serve", "--port", str(port)), port,
+            "/ready", {**ours_env, "CACHE_SIZE": "0",
+                       "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"},
+        )
+    scripts = {"tutorial": "tutorial.py", "threadpool": "threadpool.py",
+               "litserve": "litserve_server.py"}
+    for name, script in scripts.items():
+        port = free_port()
+        specs[name] = ServerSpec(
+            name, python_command(str(BASELINES / script), "--checkpoint", checkpoint,
+                                 "--port", str(port)), port, "/health",
+        )
+    return specs
+
+
+def redis_spec(port: int) -> ServerSpec:
+    return ServerSpec(
+        "redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                  "--appendonly", "no"], port, ready_log_line="Ready to accept connections",
+    )
+
+
+def worker_spec(config: BenchConfig, registry: Path, redis_port: int) -> ServerSpec:
+    amqp = config.amqp_url or "amqp://guest:guest@127.0.0.1:5672/"
+    return ServerSpec(
+        "workers", python_command("-m", "service.cli", "worker", "--processes",
+                                  str(config.workers)), 0,
+        env={"REGISTRY_URL": str(registry), "MODEL_NAME": config.model_name,
+             "AMQP_URL": amqp, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/1",
+             "QUEUE_NAME": f"lab2prod.bench.{uuid.uuid4().hex[:8]}", "TORCH_THREADS": "1",
+             "MODEL_POLL_INTERVAL_S": "0", "LOG_LEVEL": "info", "LOG_JSON": "false",
+             "DEVICE": "cpu"},
+        ready_log_line="worker ready: consuming", ready_log_count=config.workers,
+    )
+
+
+def scrape_cache_counters(url: str) -> dict[str, float]:
+    """``lab2prod_cache_requests_total`` by ``tier:result`` from /metrics."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return parse_cache_counters(text)
+
+
+def parse_cache_counters(text: str) -> dict[str, float]:
+    counters: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("lab2prod_cache_requests_total{"):
+            continue
+        labels_text, value = line[line.index("{") + 1:].rsplit("} ", 1)
+        labels = dict(part.split("=", 1) for part in labels_text.split(","))
+        key = f"{labels['tier'].strip(chr(34))}:{labels['result'].strip(chr(34))}"
+        counters[key] = counters.get(key, 0.0) + float(value)
+    return counters
+
+
+def check_one_request(server: Server, body_set: bodies_module.BodySet) -> None:
+    """One real request before measuring: a target that cannot answer fails the run clearly."""
+    body = bodies_module.read_bodies(body_set.path)[0]
+    request = urllib.request.Request(server.spec.url + body_set.route, data=body, method="POST",
+                                     headers={"Content-Type": body_set.content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            payload = json.loads(reply.read())
+    except Exception as exc:
+        raise BenchError(f"{server.spec.name} did not answer {body_set.name} on {body_set.route}"
+                         f" ({exc}); the end of its log:\n{server.log_tail()}") from exc
+    if "predictions" not in payload and "digit" not in payload:
+        raise BenchError(f"{server.spec.name} answered {body_set.name} with {str(payload)[:200]}")
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def run_benchmark(config: BenchConfig) -> dict[str, Any]:
+    config.validate()
+    wrk.require_tools()
+    cpus = os.cpu_count() or 1
+    note = ""
+    if cpus < 2 or max(config.server_cpu, config.client_cpu) >= cpus:
+        raise BenchError(f"this machine has {cpus} CPU(s); --server-cpu and --client-cpu must be "
+                         f"two different ones below {cpus}")
+    run_dir = config.work_dir / time.strftime("run-%Y%m%d-%H%M%S")
+    log_dir = run_dir / "logs"
+    started = time.time()
+    log.info("building request bodies (%d distinct digits) in %s", config.distinct, run_dir)
+    body_sets = bodies_module.build_body_sets(run_dir / "bodies", distinct=config.distinct)
+    registry = publish_registry(config.checkpoint, run_dir, config.model_name)
+    wanted_servers = {TARGETS[t][0] for t in config.targets}
+    need_redis = "ours-redis" in wanted_servers or config.workers > 0
+    servers: dict[str, Server] = {}
+    memory: dict[str, Any] = {}
+    runs: list[Run] = []
+    try:
+        redis_port = None
+        if need_redis:
+            redis_port = free_port()
+            redis = servers["redis"] = Server(redis_spec(redis_port), config.server_cpu, log_dir)
+            redis.start().wait_ready(30)
+        specs = server_specs(config, registry, redis_port)
+        for name in sorted(wanted_servers):
+            servers[name] = Server(specs[name], config.server_cpu, log_dir).start()
+        for name in sorted(wanted_servers):
+            log.info("waiting for %s (%s)", name, specs[name].url)
+            servers[name].wait_ready()
+        for target in config.targets:
+            server_name, body_name = TARGETS[target]
+            check_one_request(servers[server_name], body_sets[body_name])
+        log.info("warming up every target for %.0f s at concurrency 8", config.warmup_s)
+        for target in config.targets:
+            server_name, body_name = TARGETS[target]
+            wrk.run(servers[server_name].spec.url, body_sets[body_name], connections=8,
+                    seconds=config.warmup_s, cpu=config.client_cpu)
+        for name in sorted(wanted_servers):
+            memory[name] = {"after_warmup": servers[name].memory()}
+        total = config.rounds * len(config.concurrencies) * len(config.targets)
+        for round_index in range(config.rounds):
+            for concurrency in config.concurrencies:
+                for target in config.targets:
+                    runs.append(_measure(target, concurrency, round_index, servers, body_sets,
+                                         config))
+                    last = runs[-1]
+                    log.info("[%d/%d] round %d c=%d %-16s %8.0f req/s p50 %6.2f ms p99 %7.2f ms "
+                             "errors %d cpu %.2f", len(runs), total, round_index + 1, concurrency,
+                             target, last.requests_per_s, last.p50_ms, last.p99_ms, last.errors,
+                             last.server_cpu_cores)
+        for name in sorted(wanted_servers):
+            memory[name]["after_load"] = servers[name].memory()
+        if config.workers > 0 and redis_port is not None:
+            memory["workers"] = _worker_memory(config, registry, redis_port, log_dir)
+    finally:
+        for server in reversed(list(servers.values())):
+            server.stop()
+    context = _context(config, started, note)
+    return assemble(runs, memory, context)
+
+
+def _measure(target: str, concurrency: int, round_index: int, servers: dict[str, Server],
+             body_sets: dict[str, bodies_module.BodySet], config: BenchConfig) -> Run:
+    server_name, body_name = TARGETS[target]
+    server, body_set = servers[server_name], body_sets[body_name]
+    ours = server_name.startswith("ours")
+    before_cache = scrape_cache_counters(server.spec.url) if ours else {}
+    cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
+    result = wrk.run(server.spec.url, body_set, connections=concurrency, seconds=config.seconds,
+                     cpu=config.client_cpu)
+    cpu_used, wall = server.cpu_seconds() - cpu_before, time.monotonic() - wall_before
+    cache: dict[str, float] = {}
+    if ours:
+        after = scrape_cache_counters(server.spec.url)
+        cache = {key: after.get(key, 0.0) - before_cache.get(key, 0.0) for key in after}
+    time.sleep(0.3)  # let the server drain before the next target starts
+    return Run(
+        target=target, concurrency=concurrency, round=round_index + 1,
+        requests_per_s=round(result.requests_per_s, 1), p50_ms=round(result.p50_ms, 3),
+        p90_ms=round(result.p90_ms, 3), p99_ms=round(result.p99_ms, 3),
+        max_ms=round(result.max_ms, 3), errors=result.errors, status_errors=result.status_errors,
+        socket_errors=result.socket_errors, requests=result.requests,
+        duration_s=round(result.duration_s, 3), server_cpu_cores=round(cpu_used / wall, 3),
+        cpu_ms_per_request=round(1000 * cpu_used / max(result.requests, 1), 4),
+        items_per_request=body_set.items_per_body, cache=cache,
+    )
+
+
+def _worker_memory(config: BenchConfig, registry: Path, redis_port: int,
+                   log_dir: Path) -> dict[str, Any]:
+    """RSS/PSS of ``lab2prod worker --processes N`` once every worker has loaded the model."""
+    server = Server(worker_spec(config, registry, redis_port), config.server_cpu, log_dir)
+    try:
+        server.start().wait_ready(180)
+        time.sleep(1.0)
+        leader = server.process.pid if server.process else -1
+        # with --processes 1 the worker runs in the leader; with N > 1 the leader supervises
+        workers = [pid for pid in server.pids() if pid != leader or config.workers == 1]
+        from service.bench.servers import memory as measure
+
+        return {"processes": config.workers, "total": server.memory(),
+                "workers_only": measure(workers)}
+    except BenchError as exc:
+        log.warning("worker memory not measured: %s", exc)
+        return {"processes": config.workers, "error": str(exc).splitlines()[0]}
+    finally:
+        server.stop()
+
+
+def _context(config: BenchConfig, started: float, note: str) -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    load = os.getloadavg()
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "wall_s": round(time.time() - started, 1),
+        "checkpoint": config.checkpoint_source,
+        "seconds_per_point": config.seconds, "rounds": config.rounds,
+        "concurrencies": config.concurrencies, "targets": config.targets,
+        "server_cpu": config.server_cpu, "client_cpu": config.client_cpu,
+        "distinct_bodies": config.distinct, "miss_cache_size": MISS_CACHE_SIZE,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "python": platform.python_version(), "torch": torch.__version__,
+        "load_average_at_end": [round(value, 2) for value in load],
+        "note": note,
+    }
+
+
+# --- aggregation ------------------------------------------------------------------------------
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3)}
+
+
+def summarise(runs: list[Run]) -> list[dict[str, Any]]:
+    """Median and range over rounds, per target and concurrency."""
+    groups: dict[tuple[str, int], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.target, run.concurrency), []).append(run)
+    rows = []
+    for (target, concurrency), members in groups.items():
+        rps = [m.requests_per_s for m in members]
+        rows.append({
+            "target": target, "concurrency": concurrency, "rounds": len(members),
+            "requests_per_s": _stats(rps),
+            "items_per_s": _stats([r * members[0].items_per_request for r in rps]),
+            "p50_ms": _stats([m.p50_ms for m in members]),
+            "p99_ms": _stats([m.p99_ms for m in members]),
+            "errors": sum(m.errors for m in members),
+            "server_cpu_cores": _stats([m.server_cpu_cores for m in members]),
+            "cpu_ms_per_request": _stats([m.cpu_ms_per_request for m in members]),
+            "cache_hits": sum(v for m in members for k, v in m.cache.items() if k.endswith(":hit")),
+        })
+    return rows
+
+
+def _median(rows: list[dict[str, Any]], target: str, concurrency: int, metric: str) -> float | None:
+    for row in rows:
+        if row["target"] == target and row["concurrency"] == concurrency:
+            return float(row[metric]["median"])
+    return None
+
+
+def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Our median req/s over each other target's, per concurrency."""
+    result: dict[str, dict[str, float]] = {}
+    for row in rows:
+        ours = _median(rows, "ours", row["concurrency"], "requests_per_s")
+        if row["target"] == "ours" or not ours or not row["requests_per_s"]["median"]:
+            continue
+        result.setdefault(f"c={row['concurrency']}", {})[f"ours / {row['target']}"] = round(
+            ours / row["requests_per_s"]["median"], 2)
+    return result
+
+
+def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and whether it is met."""
+    checks: list[dict[str, Any]] = []
+
+    def add(name: str, measured: float | None, required: str, passed: bool | None) -> None:
+        checks.append({"target": name, "measured": None if measured is None else round(measured, 2),
+                       "required": required, "passed": passed})
+
+    def ratio(a: str, b: str, c: int, metric: str = "requests_per_s") -> float | None:
+        top, bottom = _median(rows, a, c, metric), _median(rows, b, c, metric)
+        return top / bottom if top is not None and bottom else None
+
+    for baseline, minimum, c in (("tutorial", 2.0, 64), ("litserve", 3.0, 64),
+                                 ("tutorial", 1.3, 8)):
+        value = ratio("ours", baseline, c)
+        add(f"c={c} JSON req/s vs {baseline}", value, f">= {minimum}x",
+            None if value is None else value >= minimum)
+    p99 = _median(rows, "ours", 64, "p99_ms")
+    add("c=64 JSON p99 (ms)", p99, "< 60", None if p99 is None else p99 < 60)
+    ours_p50 = _median(rows, "ours", 1, "p50_ms")
+    tutorial_p50 = _median(rows, "tutorial", 1, "p50_ms")
+    add("c=1 p50 (ms), tutorial's in brackets" if tutorial_p50 is None else
+        f"c=1 p50 (ms) vs tutorial's {tutorial_p50:.2f}", ours_p50, "<= tutorial's",
+        None if ours_p50 is None or tutorial_p50 is None else ours_p50 <= tutorial_p50)
+    for hit in ("ours-hit-memory", "ours-hit-redis"):
+        value = ratio(hit, "ours", 64)
+        add(f"c=64 {hit} vs misses", value, ">= 2.0x", None if value is None else value >= 2.0)
+    value = ratio("ours-png", "ours", 64)
+    add("c=64 PNG vs our JSON", value, ">= 0.6x", None if value is None else value >= 0.6)
+    return checks
+
+
+def assemble(runs: list[Run], memory: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    rows = summarise(runs)
+    return {"context": context, "summary": rows, "ratios": ratios(rows),
+            "targets": check_targets(rows), "memory": memory, "runs": [asdict(r) for r in runs]}

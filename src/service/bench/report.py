@@ -1,0 +1,190 @@
+"""Writing the serving benchmark: results.json, results.md (tables) and results.png (chart),
+and the README's copy of the table (between its ``bench:start``/``bench:end`` markers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+JSON_TARGETS = ("ours", "tutorial", "threadpool", "litserve")
+
+
+def _cell(stats: dict[str, float], digits: int = 0) -> str:
+    return (f"{stats['median']:,.{digits}f} ({stats['min']:,.{digits}f}–"
+            f"{stats['max']:,.{digits}f})")
+
+
+def summary_table(data: dict[str, Any]) -> str:
+    lines = [
+        "| target | c | req/s median (range) | p50 ms | p99 ms | errors | server CPU (cores) |"
+        " CPU ms/request | cache hits |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = sorted(data["summary"], key=lambda r: (r["concurrency"], _order(r["target"])))
+    for row in rows:
+        rps = _cell(row["requests_per_s"])
+        if row["target"] == "ours-batch":
+            rps += f" = {row['items_per_s']['median']:,.0f} digits/s"
+        lines.append(
+            f"| {row['target']} | {row['concurrency']} | {rps} | {_cell(row['p50_ms'], 2)} | "
+            f"{_cell(row['p99_ms'], 1)} | {row['errors']} | "
+            f"{row['server_cpu_cores']['median']:.2f} | {row['cpu_ms_per_request']['median']:.3f}"
+            f" | {int(row['cache_hits']) if row['target'].startswith('ours') else '—'} |"
+        )
+    return "\n".join(lines)
+
+
+def _order(target: str) -> int:
+    order = ["ours", "tutorial", "threadpool", "litserve", "ours-png", "ours-batch",
+             "ours-hit-memory", "ours-hit-redis"]
+    return order.index(target) if target in order else len(order)
+
+
+def targets_table(data: dict[str, Any]) -> str:
+    lines = ["| target | measured | required | met |", "|---|---:|---:|:---:|"]
+    for check in data["targets"]:
+        met = {True: "yes", False: "**no**", None: "not measured"}[check["passed"]]
+        measured = "—" if check["measured"] is None else f"{check['measured']}"
+        lines.append(f"| {check['target']} | {measured} | {check['required']} | {met} |")
+    return "\n".join(lines)
+
+
+def memory_table(data: dict[str, Any]) -> str:
+    lines = ["| process(es) | RSS MiB | PSS MiB | processes |", "|---|---:|---:|---:|"]
+    for name, entry in data["memory"].items():
+        if name == "workers":
+            if "error" in entry:
+                lines.append(f"| {entry['processes']} × lab2prod worker | not measured: "
+                             f"{entry['error']} | | |")
+                continue
+            for part in ("total", "workers_only"):
+                m = entry[part]
+                label = f"{entry['processes']} × lab2prod worker ({part.replace('_', ' ')})"
+                lines.append(f"| {label} | {m['rss_bytes'] / 2**20:,.0f} | "
+                             f"{m['pss_bytes'] / 2**20:,.0f} | {m['processes']} |")
+            continue
+        m = entry.get("after_load") or entry["after_warmup"]
+        lines.append(f"| {name} (after the load) | {m['rss_bytes'] / 2**20:,.0f} | "
+                     f"{m['pss_bytes'] / 2**20:,.0f} | {m['processes']} |")
+    return "\n".join(lines)
+
+
+def markdown(data: dict[str, Any]) -> str:
+    context = data["context"]
+    ratio_lines = [f"- {c}: " + ", ".join(f"{k} **{v:.2f}x**" for k, v in r.items())
+                   for c, r in data["ratios"].items()]
+    return "\n".join([
+        "# Serving benchmark",
+        "",
+        f"`lab2prod bench`, {context['started']}: servers pinned to CPU {context['server_cpu']}, "
+        f"wrk (`-t1 --latency`, one Lua script) pinned to CPU {context['client_cpu']}; "
+        f"{context['rounds']} interleaved rounds of {context['seconds_per_point']:.0f} s per "
+        f"point; medians with the range over rounds. Miss-path bodies cycle over "
+        f"{context['distinct_bodies']:,} distinct digits (our in-process LRU holds "
+        f"{context['miss_cache_size']}, so it cannot hit: see the cache hits column). "
+        f"Machine: {context['machine']}; load average at the end "
+        f"{context['load_average_at_end']}. {context.get('note', '')}",
+        "",
+        "## Targets (issue 6)",
+        "",
+        targets_table(data),
+        "",
+        "## Our throughput over each baseline (median req/s)",
+        "",
+        *ratio_lines,
+        "",
+        "## All figures",
+        "",
+        summary_table(data),
+        "",
+        "## Memory",
+        "",
+        memory_table(data),
+        "",
+        "![requests per second](results.png)",
+        "",
+    ])
+
+
+def chart(data: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {(r["target"], r["concurrency"]): r for r in data["summary"]}
+    concurrencies = sorted({r["concurrency"] for r in data["summary"]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    json_targets = [t for t in JSON_TARGETS if any((t, c) in rows for c in concurrencies)]
+    width = 0.8 / max(len(json_targets), 1)
+    for index, target in enumerate(json_targets):
+        xs, medians, low, high = [], [], [], []
+        for position, c in enumerate(concurrencies):
+            row = rows.get((target, c))
+            if row is None:
+                continue
+            stats = row["requests_per_s"]
+            xs.append(position + (index - (len(json_targets) - 1) / 2) * width)
+            medians.append(stats["median"])
+            low.append(stats["median"] - stats["min"])
+            high.append(stats["max"] - stats["median"])
+        left.bar(xs, medians, width, yerr=[low, high], capsize=3, label=target)
+    left.set_xticks(range(len(concurrencies)), [f"c={c}" for c in concurrencies])
+    left.set_ylabel("requests/s (median, range over rounds)")
+    left.set_title("JSON /predict, distinct digits, server on one core")
+    left.legend()
+    top = max(concurrencies)
+    names = [t for t in ("ours", "ours-png", "ours-batch", "ours-hit-memory", "ours-hit-redis")
+             if (t, top) in rows]
+    values = [rows[(t, top)]["requests_per_s"]["median"] for t in names]
+    right.barh(names, values, color="tab:blue")
+    for y, (name, value) in enumerate(zip(names, values, strict=True)):
+        label = f"{value:,.0f}"
+        if name == "ours-batch":
+            label += f" ({rows[(name, top)]['items_per_s']['median']:,.0f} digits/s)"
+        right.text(value, y, " " + label, va="center", fontsize=8)
+    right.set_xlabel("requests/s (median)")
+    right.set_title(f"our routes and caches at c={top}")
+    right.invert_yaxis()
+    right.set_xlim(0, max(values or [1]) * 1.45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write(data: dict[str, Any], out_dir: Path, readme: Path | None = None) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "results.json", "md": out_dir / "results.md",
+             "png": out_dir / "results.png"}
+    paths["json"].write_text(json.dumps(data, indent=2) + "\n")
+    paths["md"].write_text(markdown(data))
+    chart(data, paths["png"])
+    if readme is not None and readme.is_file():
+        update_readme(readme, data)
+    return paths
+
+
+def update_readme(readme: Path, data: dict[str, Any]) -> bool:
+    """Replace the text between the README's bench markers with the targets and ratios."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    ratio_lines = [f"- {c}: " + ", ".join(f"{k} {v:.2f}x" for k, v in r.items())
+                   for c, r in data["ratios"].items()]
+    block = "\n".join([
+        README_START,
+        f"Measured by `lab2prod bench` ({data['context']['started']}; full table, memory and "
+        "chart in [docs/benchmarks/results.md](docs/benchmarks/results.md)):",
+        "",
+        targets_table(data),
+        "",
+        *ratio_lines,
+        README_END,
+    ])
+    readme.write_text(head + block + tail)
+    return True
