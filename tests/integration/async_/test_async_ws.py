@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from service.api.app import create_app
 from service.api.inputs import digit_from_image
+from service.api.routes.ws import PREDICT_TASK
 from service.settings import Settings
 
 
@@ -172,6 +174,29 @@ async def test_a_client_that_disconnects_midway_leaks_no_tasks_and_the_server_ca
     async with connect(url) as again:  # the server still serves
         await again.send(orjson.dumps({"id": "after", "pixels": images[0].tolist()}).decode())
         assert orjson.loads(await again.recv())["id"] == "after"
+
+
+async def test_in_flight_inputs_are_bounded_per_connection(registry_dir):
+    async with running_server(registry_url=str(registry_dir), ws_max_in_flight=4) as (url, app):
+        runtime = app.state.model.current.runtime
+        unblock = threading.Event()
+        original = runtime.predict_proba
+
+        def slow_predict(batch):
+            unblock.wait(30)
+            return original(batch)
+
+        runtime.predict_proba = slow_predict  # the model stalls; inputs keep arriving
+        images, _ = support.held_out_digits(50)
+        async with connect(url) as ws:
+            for i, image in enumerate(images):
+                await ws.send(orjson.dumps({"id": i, "pixels": image.tolist()}).decode())
+            await asyncio.sleep(0.5)
+            in_flight = [t for t in asyncio.all_tasks() if t.get_name() == PREDICT_TASK]
+            assert len(in_flight) == 4  # the other 46 wait unread in the socket
+            unblock.set()
+            replies = [orjson.loads(await ws.recv()) for _ in range(50)]
+        assert [r["id"] for r in replies] == list(range(50))
 
 
 async def test_plain_http_on_the_websocket_path_says_how_to_connect(server):

@@ -53,6 +53,7 @@ PATH = "/ws/predict"
 MAX_ID_LENGTH = 128
 POLICY_VIOLATION, TOO_BIG, TRY_AGAIN_LATER = 1008, 1009, 1013
 OVERLOAD = (QueueFull, BatcherClosed, ModelNotLoaded, Overloaded, InferenceTimeout)
+PREDICT_TASK = "ws-predict"  # the name of each in-flight input's task
 _NO_HEADER = object()
 
 
@@ -167,15 +168,14 @@ class _Stream:
             refused.set_exception(digit)
             self.in_order.append((item_id, refused))
         else:
-            task = asyncio.ensure_future(
-                predict_digit(
-                    digit,
-                    model=self.model,
-                    batcher=self.batcher,
-                    cache=self.cache,
-                    timeout_s=self.settings.request_timeout_s,
-                )
+            prediction = predict_digit(
+                digit,
+                model=self.model,
+                batcher=self.batcher,
+                cache=self.cache,
+                timeout_s=self.settings.request_timeout_s,
             )
+            task = asyncio.create_task(prediction, name=PREDICT_TASK)
             self.in_order.append((item_id, task))  # type: ignore[arg-type]
         self.ready.set()
 
