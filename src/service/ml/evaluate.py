@@ -25,6 +25,7 @@ from service.provenance import git_state
 EVALUATION_RECORD = "evaluation.json"
 ECE_BINS = 15
 LATENCY_BATCHES = (1, 32)
+LATENCY_REPEATS = 30
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
@@ -170,7 +171,7 @@ def measure_latency(
     normalization: Normalization = Normalization(),
     device: torch.device | str = "cpu",
     batch_sizes: tuple[int, ...] = LATENCY_BATCHES,
-    repeats: int = 30,
+    repeats: int = LATENCY_REPEATS,
     warmup: int = 3,
 ) -> dict[str, float]:
     """Median milliseconds for preprocess + forward of one batch, per batch size."""
@@ -223,7 +224,7 @@ def evaluate_checkpoint(
     *,
     device: torch.device,
     batch_size: int = 256,
-    latency: bool = True,
+    latency_repeats: int = LATENCY_REPEATS,
 ) -> CheckpointEvaluation:
     """The METRICS dict of the evaluation record for one loaded checkpoint."""
     classes = checkpoint.class_names
@@ -250,15 +251,12 @@ def evaluate_checkpoint(
         "ece": expected_calibration_error(probabilities, labels),
         "per_class": per_class(matrix, classes),
         "confusion_matrix": matrix.tolist(),
-        "latency_ms": (
-            measure_latency(
-                checkpoint.model,
-                dataset.test_images,
-                normalization=checkpoint.normalization,
-                device=device,
-            )
-            if latency
-            else {}
+        "latency_ms": measure_latency(
+            checkpoint.model,
+            dataset.test_images,
+            normalization=checkpoint.normalization,
+            device=device,
+            repeats=latency_repeats,
         ),
     }
     return CheckpointEvaluation(checkpoint, log_probs, labels, metrics)
@@ -322,20 +320,21 @@ def _dataset_for(config: EvaluateConfig, metadata: dict[str, Any]) -> DigitDatas
     return load_dataset(name, data_dir or None, test_limit=config.test_limit or None)
 
 
-def evaluate(config: EvaluateConfig) -> EvaluationResult:
+def evaluate(config: EvaluateConfig, *, latency_repeats: int = LATENCY_REPEATS) -> EvaluationResult:
     """Evaluate the candidate (and the champion, if given) on the same test digits."""
     device = resolve_device(config.device)
     candidate_ckpt = load_checkpoint(config.checkpoint_path, device=device)
     dataset = _dataset_for(config, candidate_ckpt.metadata)
-    candidate = evaluate_checkpoint(
-        candidate_ckpt, dataset, device=device, batch_size=config.batch_size
-    )
+    settings = {
+        "device": device,
+        "batch_size": config.batch_size,
+        "latency_repeats": latency_repeats,
+    }
+    candidate = evaluate_checkpoint(candidate_ckpt, dataset, **settings)
     champion = None
     if config.champion_checkpoint:
         champion_ckpt = load_checkpoint(config.champion_checkpoint, device=device)
-        champion = evaluate_checkpoint(
-            champion_ckpt, dataset, device=device, batch_size=config.batch_size
-        )
+        champion = evaluate_checkpoint(champion_ckpt, dataset, **settings)
     size = min(config.sample_size, len(dataset.test_labels))
     record = {
         "dataset": dataset.describe(),
