@@ -24,6 +24,7 @@ from service.provenance import git_state, library_versions
 from service.release.gate import (
     CriterionResult,
     NotebookOutcome,
+    RunRecords,
     Verdict,
     decide,
     load_policy,
@@ -255,7 +256,7 @@ def _render_html(notebook: Path) -> str | None:
     return target.name
 
 
-def _lineage(records: Any, outcomes: list[NotebookOutcome], reports: dict[str, str | None],
+def _lineage(records: RunRecords, outcomes: list[NotebookOutcome], reports: dict[str, str | None],
              run_dir: Path) -> dict[str, Any]:
     """The parts of run.json that come from what the notebooks wrote."""
     train, evaluation = records.train or {}, records.evaluation or {}
