@@ -1,0 +1,47 @@
+"""Each baseline server of the benchmark starts on the checkpoint and answers one request with
+the same prediction as the checkpoint loaded directly."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from service.bench.harness import BASELINES
+from service.bench.servers import Server, ServerSpec, free_port
+from service.ml.checkpoint import load_checkpoint, save_checkpoint
+from service.ml.model import build_model
+from service.ml.preprocess import normalize
+
+pytestmark = pytest.mark.slow  # three subprocess servers
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(3)
+    return save_checkpoint(tmp_path_factory.mktemp("baselines") / "model.safetensors",
+                           build_model().eval())
+
+
+@pytest.mark.parametrize("script", ["tutorial.py", "threadpool.py", "litserve_server.py"])
+def test_baseline_starts_and_answers_one_prediction(script, checkpoint, tmp_path):
+    port = free_port()
+    pixels = np.random.default_rng(0).integers(0, 256, 784).astype(np.uint8)
+    spec = ServerSpec(script, [sys.executable, str(BASELINES / script), "--checkpoint",
+                               str(checkpoint), "--port", str(port)], port)
+    with Server(spec, cpu=0, log_dir=tmp_path) as server:
+        server.wait_ready(120)
+        request = urllib.request.Request(
+            f"{spec.url}/predict", data=json.dumps({"pixels": pixels.tolist()}).encode(),
+            headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            answer = json.loads(reply.read())
+    model = load_checkpoint(checkpoint).model
+    with torch.no_grad():
+        expected = model(normalize(pixels.reshape(1, 28, 28))).exp()[0].numpy()
+    assert answer["digit"] == int(expected.argmax())
+    np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-5)
