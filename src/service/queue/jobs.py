@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -163,7 +163,7 @@ class JobResult:
         return body
 
     def to_json(self) -> bytes:
-        return orjson.dumps({**asdict(self), "status": self.status.value})
+        return orjson.dumps(self)  # orjson writes dataclasses and enums natively (and fast)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> JobResult:
