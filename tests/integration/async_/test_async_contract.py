@@ -256,3 +256,22 @@ async def test_ready_reports_the_broker_and_result_store(request: pytest.Fixture
         assert ready["checks"] == {"broker": "ok", "result_store": "ok"}
         assert ready["status"] == "ready"
         assert ready["model"]["loaded"] is False  # an enqueue-only API needs no model
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_jobs_follow_the_production_alias_when_it_moves(
+    mode: str, request: pytest.FixtureRequest, registry_dir, checkpoint
+):
+    settings = settings_for(mode, request, model_poll_interval_s=0.2)
+    async with serve(settings, mode) as service:
+        pixels = support.held_out_digits(1)[0][0].tolist()
+        first = (await service.client.post("/classify", json={"pixels": pixels})).json()
+        assert (await service.wait_final(first["inference_id"])).json()["model_version"] == "v1"
+        assert support.publish_model(registry_dir, checkpoint) == "v2"  # moves production
+        async with asyncio.timeout(20):
+            while True:
+                job = (await service.client.post("/classify", json={"pixels": pixels})).json()
+                done = (await service.wait_final(job["inference_id"])).json()
+                if done["model_version"] == "v2":
+                    break
+                await asyncio.sleep(0.1)
