@@ -174,6 +174,10 @@ def digit_from_image(
             413,
         ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        if "truncated" in str(exc).lower():
+            raise InputError(
+                f"the image could not be decoded: it is truncated or corrupt ({_reason(exc)})", 422
+            ) from None
         raise InputError(
             f"the file is not a readable {SUPPORTED_NAMES} image ({_reason(exc)})", 422
         ) from None

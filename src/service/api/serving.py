@@ -60,8 +60,10 @@ async def predict_digits(
     batcher: MicroBatcher[np.ndarray, Prediction],
     cache: PredictionCache,
     timeout_s: float,
-) -> list[bytes]:
-    """Several digits -> their prediction JSON, in order; misses go to the batcher together."""
+) -> tuple[list[bytes], int]:
+    """Several digits -> (their prediction JSON in order, how many came from the cache).
+
+    The misses go to the batcher together, so they share forward passes."""
     version = model.version
     bodies: list[bytes | None] = [None] * len(digits)
     missing: list[int] = []
@@ -82,7 +84,7 @@ async def predict_digits(
                 key = cache_key(prediction.model_version, digits[index])
             cache.put(key, prediction.body)
             bodies[index] = prediction.body
-    return [body for body in bodies if body is not None]
+    return [body for body in bodies if body is not None], len(digits) - len(missing)
 
 
 async def _run(awaitable: Awaitable[T], timeout_s: float) -> T:

@@ -14,6 +14,7 @@ it closes again, so caching resumes by itself when Redis comes back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -207,12 +208,22 @@ class PredictionCache:
                     "redis cache degraded: circuit open for %.1fs (%s: %s)",
                     self.breaker.reset_s, type(exc).__name__, exc,
                 )
+                await self._drop_connections()
             return FAILED
         if self.breaker.opened_at is not None:
             logger.info("redis cache reachable again: circuit closed")
         self.breaker.success()
         CACHE_DEGRADED.labels("redis").set(0)
         return result
+
+    async def _drop_connections(self) -> None:
+        """Pooled connections to a Redis that went away are dead: drop them all, so that when
+        it returns, calls start on fresh connections instead of failing once per stale one."""
+        if self.redis is None:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.timeout_s):
+                await self.redis.connection_pool.disconnect()
 
     # --- status -------------------------------------------------------------------------------
 

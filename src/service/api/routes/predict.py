@@ -52,11 +52,15 @@ async def predict(
 async def predict_batch(
     request: Request, model: ModelDep, batcher: BatcherDep, cache: CacheDep, settings: SettingsDep
 ) -> Response:
-    """`{"items": [{"pixels": [...]}, ...]}` -> `{"predictions": [...]}` in the same order."""
+    """`{"items": [{"pixels": [...]}, ...]}` -> `{"predictions": [...]}` in the same order.
+
+    `X-Cache: hit` when every item came from the cache; `X-Cache-Hits` counts those that did."""
     digits = digits_from_batch_json(
         await read_body(request, settings.max_upload_bytes), settings.batch_max_items
     )
-    bodies = await predict_digits(
+    bodies, hits = await predict_digits(
         digits, model=model, batcher=batcher, cache=cache, timeout_s=settings.request_timeout_s
     )
-    return Response(b'{"predictions":[' + b",".join(bodies) + b"]}", media_type=JSON)
+    headers = {"X-Cache": "hit" if hits == len(bodies) else "miss", "X-Cache-Hits": str(hits)}
+    body = b'{"predictions":[' + b",".join(bodies) + b"]}"
+    return Response(body, media_type=JSON, headers=headers)

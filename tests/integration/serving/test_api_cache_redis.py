@@ -1,0 +1,140 @@
+"""The Redis tier of the prediction cache, on a private redis-server that the tests stop, freeze
+and restart: answers stay fast, /ready and /metrics say degraded, caching resumes by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+from serving_support import serving, settings_for
+
+pytestmark = pytest.mark.redis
+
+
+def redis_settings(registry_dir, server, **overrides):
+    values = {
+        "redis_url": server.url, "redis_timeout_s": 0.05, "breaker_failures": 3,
+        "breaker_reset_s": 0.3, "cache_ttl_s": 120,
+    }
+    values.update(overrides)
+    return settings_for(registry_dir, **values)
+
+
+def new_digits(seed: int, count: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, 784).tolist() for _ in range(count)]
+
+
+async def wait_for_keys(server, count: int, timeout: float = 5.0) -> None:
+    client = server.client()
+    try:
+        deadline = time.monotonic() + timeout
+        while client.dbsize() < count:
+            assert time.monotonic() < deadline, f"Redis never held {count} keys"
+            await asyncio.sleep(0.02)
+    finally:
+        client.close()
+
+
+def metric(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {line_start} in /metrics")
+
+
+async def test_a_prediction_cached_by_one_instance_is_a_hit_for_another(registry_dir, redis_server):
+    redis_server.client().flushall()
+    (pixels,) = new_digits(1, 1)
+    settings = redis_settings(registry_dir, redis_server)
+    async with serving(settings) as (_, first):
+        miss = await first.post("/predict", json={"pixels": pixels})
+        await wait_for_keys(redis_server, 1)
+    async with serving(settings) as (_, second):  # a fresh process-local LRU
+        hit = await second.post("/predict", json={"pixels": pixels})
+        metrics = (await second.get("/metrics")).text
+    assert miss.headers["x-cache"] == "miss" and hit.headers["x-cache"] == "hit"
+    assert hit.json() == miss.json()
+    client = redis_server.client()
+    (key,) = client.keys("*")
+    assert key.decode().startswith("lab2prod:prediction:mnist-cnn:v1:")
+    assert 0 < client.ttl(key) <= 120
+    assert metric(metrics, 'lab2prod_cache_requests_total{result="hit",tier="redis"}') >= 1
+
+
+async def answer_all(client, digits) -> list[float]:
+    latencies = []
+    for pixels in digits:
+        started = time.perf_counter()
+        answer = await client.post("/predict", json={"pixels": pixels})
+        latencies.append(time.perf_counter() - started)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-cache"] == "miss"
+    return latencies
+
+
+async def test_redis_stopped_mid_test_degrades_without_stalls_and_caching_resumes(
+    registry_dir, redis_server
+):
+    redis_server.client().flushall()
+    settings = redis_settings(registry_dir, redis_server)
+    async with serving(settings) as (_, client):
+        await answer_all(client, new_digits(2, 3))
+        await wait_for_keys(redis_server, 3)
+        assert (await client.get("/ready")).json()["status"] == "ready"
+
+        redis_server.stop()  # down: connections refused
+        down = await answer_all(client, new_digits(3, 30))
+        ready = await client.get("/ready")
+        metrics = (await client.get("/metrics")).text
+
+        redis_server.start()  # back, empty
+        await asyncio.sleep(settings.breaker_reset_s)
+        deadline = time.monotonic() + 5
+        while (await client.get("/ready")).json()["status"] != "ready":
+            assert time.monotonic() < deadline, "the cache never left the degraded state"
+            await asyncio.sleep(0.05)
+        await answer_all(client, new_digits(4, 3))
+        await wait_for_keys(redis_server, 3)  # new predictions reach Redis again
+        metrics_after = (await client.get("/metrics")).text
+
+    assert max(down) < 0.5 and float(np.median(down)) < 0.05, f"stalls while down: {down}"
+    assert ready.status_code == 200, "the model still serves: degraded, not unready"
+    assert ready.json()["status"] == "degraded"
+    assert ready.json()["cache"]["redis"] == "degraded"
+    assert metric(metrics, 'lab2prod_cache_degraded{tier="redis"}') == 1
+    assert metric(metrics_after, 'lab2prod_cache_degraded{tier="redis"}') == 0
+
+
+async def test_a_frozen_redis_costs_a_few_short_timeouts_then_none(registry_dir, redis_server):
+    redis_server.client().flushall()
+    settings = redis_settings(registry_dir, redis_server, breaker_reset_s=5.0)
+    async with serving(settings) as (_, client):
+        await answer_all(client, new_digits(5, 2))  # the pool holds live connections
+        pid = redis_server.process.pid
+        os.kill(pid, signal.SIGSTOP)  # hung: accepts nothing, answers nothing
+        try:
+            frozen = await answer_all(client, new_digits(6, 30))
+            ready = (await client.get("/ready")).json()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    slow = [latency for latency in frozen if latency > 0.04]
+    assert len(slow) <= settings.breaker_failures, f"more than the breaker allows: {frozen}"
+    assert max(frozen) < 0.5
+    assert sum(frozen) < 1.5, "the circuit must stop paying the timeout on every request"
+    assert ready["cache"]["redis"] == "degraded"
+
+
+async def test_an_unreachable_redis_at_start_up_does_not_stop_the_service(registry_dir):
+    from serving_support import free_port
+
+    settings = settings_for(registry_dir, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    async with serving(settings) as (_, client):
+        answers = [await client.post("/predict", json={"pixels": p}) for p in new_digits(7, 5)]
+        ready = (await client.get("/ready")).json()
+    assert [answer.status_code for answer in answers] == [200] * 5
+    assert ready["status"] == "degraded"

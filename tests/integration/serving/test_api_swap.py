@@ -1,0 +1,74 @@
+"""Zero-downtime model swaps: the alias moves while requests run; nobody sees an error."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from serving_support import publish, serving, settings_for
+
+from service.release.registry import Registry
+
+
+async def hammer(client, stop: asyncio.Event, seed: int) -> list[tuple[int, str | None]]:
+    rng = np.random.default_rng(seed)
+    seen = []
+    while not stop.is_set():
+        pixels = rng.integers(0, 256, 784).tolist()  # always new: every request hits the model
+        answer = await client.post("/predict", json={"pixels": pixels})
+        version = answer.json().get("model_version") if answer.status_code == 200 else None
+        seen.append((answer.status_code, version))
+    return seen
+
+
+async def wait_for_version(client, version: str, timeout: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (await client.get("/ready")).json()["model"]["version"] != version:
+        assert asyncio.get_running_loop().time() < deadline, f"{version} never came into service"
+        await asyncio.sleep(0.05)
+
+
+async def test_publishing_v2_swaps_models_under_load_without_a_single_failure(
+    registry_dir, checkpoints
+):
+    settings = settings_for(registry_dir, model_poll_interval_s=0.1)
+    async with serving(settings) as (_, client):
+        stop = asyncio.Event()
+        workers = [asyncio.ensure_future(hammer(client, stop, seed)) for seed in range(4)]
+        await asyncio.sleep(0.3)
+        publish(registry_dir, checkpoints["v2"])  # moves production to v2
+        await wait_for_version(client, "v2")
+        await asyncio.sleep(0.3)
+        stop.set()
+        runs = await asyncio.gather(*workers)
+        metrics = (await client.get("/metrics")).text
+        info = (await client.get("/model-info")).json()
+    for seen in runs:
+        assert {status for status, _ in seen} == {200}, "no request may fail during a swap"
+        versions = [version for _, version in seen]
+        assert versions[0] == "v1" and versions[-1] == "v2"
+        switch = versions.index("v2")
+        assert set(versions[switch:]) == {"v2"}, "once v2 answers, v1 never answers again"
+    assert sum(len(seen) for seen in runs) > 20
+    assert info["version"] == "v2"
+    assert 'lab2prod_model_reloads_total{result="ok"}' in metrics
+
+
+async def test_a_broken_new_version_is_refused_and_the_old_one_keeps_serving(
+    registry_dir, tmp_path, checkpoints, caplog
+):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(checkpoints["v2"].read_bytes()[:5000])  # truncated
+    settings = settings_for(registry_dir, model_poll_interval_s=0.05)
+    async with serving(settings) as (_, client):
+        publish(registry_dir, broken)
+        await asyncio.sleep(0.5)
+        answer = await client.post("/predict", json={"pixels": [1] * 784})
+        ready = await client.get("/ready")
+        Registry(registry_dir, "mnist-cnn").rollback()  # production back to v1: nothing to do
+        publish(registry_dir, checkpoints["v2"])  # v3, a good one
+        await wait_for_version(client, "v3")
+    assert answer.status_code == 200 and answer.json()["model_version"] == "v1"
+    assert ready.json()["status"] == "ready"
+    refusals = [r for r in caplog.records if "cannot be served" in r.getMessage()]
+    assert len(refusals) == 1, "a broken version is tried once, not on every poll"
