@@ -1,0 +1,222 @@
+"""End to end: a real `lab2prod serve` process on a free port, called over real HTTP."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "serving"))
+import serving_support as support  # the serving tests' helpers: checkpoints, registry, uploads
+
+pytestmark = pytest.mark.slow
+LAB2PROD = str(Path(sys.executable).parent / "lab2prod")
+
+
+def serve_env(registry: Path, **extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LAB2PROD")}
+    for name in ("REDIS_URL", "AMQP_URL", "LOAD_MODEL", "MODEL_ALIAS", "ACCESS_LOG"):
+        env.pop(name, None)
+    env.update(
+        REGISTRY_URL=str(registry), RUNTIME="eager", DEVICE="cpu", LOG_JSON="true",
+        MODEL_POLL_INTERVAL_S="0.2", **extra,
+    )
+    return env
+
+
+class Server:
+    def __init__(self, registry: Path, workdir: Path, *args: str, **env: str) -> None:
+        self.port = support.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / f"serve-{self.port}.log"
+        self.process = subprocess.Popen(
+            [LAB2PROD, "serve", "--port", str(self.port), *args],
+            env=serve_env(registry, **env), cwd=workdir,
+            stdout=subprocess.DEVNULL, stderr=self.log.open("wb"),
+        )
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"lab2prod serve exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        tail = self.log.read_text()[-2000:]
+        raise AssertionError(f"lab2prod serve not ready in {timeout}s: {tail}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("e2e-serve")
+    registry = folder / "models"
+    support.publish(registry, support.fresh_checkpoint(folder / "v1.safetensors", seed=1))
+    return registry
+
+
+@pytest.fixture(scope="module")
+def server(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = Server(registry, tmp_path_factory.mktemp("serve"), ACCESS_LOG="true")
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+def digit_png() -> bytes:
+    canvas = Image.new("RGB", (300, 220), "white")
+    canvas.paste((20, 20, 20), (140, 40, 165, 190))
+    return support.encode(canvas)
+
+
+def test_predict_over_real_http_json_image_and_batch(server: Server):
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        first = client.post(
+            "/predict", json={"pixels": [0] * 784}, headers={"X-Request-ID": "e2e-1"}
+        )
+        again = client.post("/predict", content=orjson.dumps({"pixels": [[0] * 28] * 28}),
+                            headers={"content-type": "application/json"})
+        image = client.post("/predict", files={"file": ("one.png", digit_png(), "image/png")})
+        batch = client.post("/predict/batch", json={"items": [{"pixels": [9] * 784}] * 3})
+        bad = client.post("/predict", json={"pixels": [0] * 10})
+    assert first.status_code == 200, first.text
+    assert set(first.json()) == {"digit", "confidence", "probabilities", "model_version"}
+    assert first.headers["x-request-id"] == "e2e-1" and first.headers["x-cache"] == "miss"
+    assert again.headers["x-cache"] == "hit" and again.json() == first.json()
+    assert image.status_code == 200 and image.json()["model_version"] == "v1"
+    assert [p["model_version"] for p in batch.json()["predictions"]] == ["v1"] * 3
+    assert bad.status_code == 422 and bad.json()["request_id"] == bad.headers["x-request-id"]
+
+
+def test_ops_endpoints_over_real_http(server: Server):
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        client.post("/predict", json={"pixels": [1] * 784})
+        health = client.get("/health")
+        ready = client.get("/ready").json()
+        info = client.get("/model-info")
+        not_modified = client.get("/model-info", headers={"If-None-Match": info.headers["etag"]})
+        metrics = client.get("/metrics").text
+        docs = client.get("/docs")
+    assert health.json() == {"status": "ok"}
+    assert ready["status"] == "ready" and ready["model"]["version"] == "v1"
+    assert info.json()["version"] == "v1" and not_modified.status_code == 304
+    assert 'lab2prod_http_requests_total{method="POST",route="/predict",status="200"}' in metrics
+    assert "lab2prod_batch_size_bucket" in metrics and "lab2prod_model_info" in metrics
+    assert docs.status_code == 200
+
+
+def test_logs_are_json_lines_carrying_the_request_id(server: Server):
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        client.post("/predict", json={"pixels": [2] * 784}, headers={"X-Request-ID": "trace-e2e"})
+    deadline = time.monotonic() + 5
+    while b"trace-e2e" not in server.log.read_bytes():
+        assert time.monotonic() < deadline, "the access log never named the request id"
+        time.sleep(0.05)
+    lines = [orjson.loads(line) for line in server.log.read_bytes().splitlines() if line.strip()]
+    mine = [line for line in lines if line.get("request_id") == "trace-e2e"]
+    assert mine and mine[0]["route"] == "/predict" and mine[0]["status"] == 200
+    assert any(line["message"] == "serving model" and line["version"] == "v1" for line in lines)
+
+
+def test_the_served_model_follows_the_production_alias(registry: Path, tmp_path: Path):
+    own = tmp_path / "models"
+    support.publish(own, support.fresh_checkpoint(tmp_path / "a.safetensors", seed=1))
+    running = Server(own, tmp_path)
+    try:
+        running.wait_ready()
+        support.publish(own, support.fresh_checkpoint(tmp_path / "b.safetensors", seed=2))
+        deadline = time.monotonic() + 20
+        while True:
+            answer = httpx.post(f"{running.url}/predict", json={"pixels": [5] * 784}, timeout=10)
+            assert answer.status_code == 200
+            if answer.json()["model_version"] == "v2":
+                break
+            assert time.monotonic() < deadline, "v2 never came into service"
+            time.sleep(0.1)
+    finally:
+        code = running.stop()
+    # uvicorn shuts down gracefully (lifespan exit), then re-raises SIGTERM for the exit status
+    assert code in (0, -signal.SIGTERM)
+    assert b'"message":"shutting down"' in running.log.read_bytes()
+
+
+def test_two_worker_processes_serve_from_one_port(registry: Path, tmp_path: Path):
+    running = Server(registry, tmp_path, "--workers", "2")
+    try:
+        running.wait_ready(timeout=120)
+        with httpx.Client(base_url=running.url, timeout=10) as client:
+            answers = [client.post("/predict", json={"pixels": [i] * 784}) for i in range(10)]
+    finally:
+        running.stop()
+    assert [answer.status_code for answer in answers] == [200] * 10
+
+
+def start_and_fail(registry: Path, workdir: Path) -> tuple[int, str]:
+    process = subprocess.run(
+        [LAB2PROD, "serve", "--port", str(support.free_port())],
+        env=serve_env(registry), cwd=workdir, capture_output=True, timeout=120,
+    )
+    return process.returncode, process.stderr.decode()
+
+
+def test_without_a_model_serve_exits_and_says_to_run_release(tmp_path: Path):
+    code, stderr = start_and_fail(tmp_path / "empty", tmp_path)
+    assert code == 2
+    assert "lab2prod release" in stderr and "no model" in stderr
+
+
+def test_with_a_corrupt_checkpoint_serve_exits_and_says_which(tmp_path: Path):
+    registry = tmp_path / "models"
+    support.publish(registry, support.fresh_checkpoint(tmp_path / "a.safetensors", seed=3))
+    stored = registry / "mnist-cnn" / "v1" / "model.safetensors"
+    stored.write_bytes(stored.read_bytes()[: stored.stat().st_size // 2])
+    code, stderr = start_and_fail(registry, tmp_path)
+    assert code == 2
+    assert "v1" in stderr and ("corrupt" in stderr or "truncated" in stderr)
+
+
+def test_a_decompression_bomb_upload_does_not_hurt_the_server(server: Server):
+    bomb = io.BytesIO()
+    Image.new("1", (12_000, 12_000), 1).save(bomb, format="PNG", optimize=True)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        refused = client.post("/predict", files={"file": ("b.png", bomb.getvalue(), "image/png")})
+        fine = client.post("/predict", json={"pixels": np.zeros(784, int).tolist()})
+    assert refused.status_code == 413 and fine.status_code == 200
+
+
+def test_the_images_healthcheck_command_passes_live_and_fails_without_a_server(server: Server):
+    (healthcheck,) = [a for k, a in support.dockerfile_instructions() if k == "HEALTHCHECK"]
+    command = support.exec_form(healthcheck)
+    command[0] = sys.executable  # the image's `python`
+    live = subprocess.run(command, env={"PORT": str(server.port)}, capture_output=True, timeout=30)
+    dead = subprocess.run(
+        command, env={"PORT": str(support.free_port())}, capture_output=True, timeout=30
+    )
+    assert live.returncode == 0, live.stderr.decode()
+    assert dead.returncode != 0
