@@ -31,9 +31,10 @@ def test_a_job_round_trips_through_its_message_body():
         (b"[1, 2, 3]", "not a JSON object"),
         (orjson.dumps({"schema": "lab2prod-job/1", "pixels": [0] * 784}), "inference_id"),
         (orjson.dumps({"schema": "other", "inference_id": str(uuid.uuid4())}), "schema"),
-        (body(pixels=[1] * 10), "784"),
-        (body(pixels=[300] * 784), "0..255"),
-        (body(pixels="AAAA"), "784 numbers"),
+        (body(pixels_b64="AAAA"), "784 bytes"),
+        (body(pixels_b64="not base64!"), "not valid base64"),
+        (body(pixels=[0] * 784), "missing"),
+        (body(pixels_b64=[1, 2, 3]), "missing"),
     ],
 )
 def test_a_malformed_message_is_poison_and_says_why(message, reason):

@@ -1,16 +1,20 @@
 """The job on the queue and the result record that ``GET /result/{inference_id}`` reads.
 
-A job body is JSON (readable in the RabbitMQ management UI)::
+A job body is JSON with the digit as base64 of its 784 bytes (row-major uint8)::
 
-    {"schema": "lab2prod-job/1", "inference_id": "<uuid4>", "pixels": [784 ints 0..255],
+    {"schema": "lab2prod-job/1", "inference_id": "<uuid4>", "pixels_b64": "AAAA...",
      "submitted_at": <unix seconds>}
 
-The API validates pixels before publishing; the worker validates them again with the same
-``pixels_to_array`` so a hand-made or corrupted message is a ``PoisonJob``, never a crash.
+Raw bytes rather than a list of numbers: a third of the size on the broker's disk, and decoding
+is one length check instead of validating 784 numbers in Python (which was most of a CPU
+worker's event-loop time). The API validated the digit before publishing; a hand-made or
+corrupted message is a ``PoisonJob`` that says what is wrong, never a crash.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,7 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.ml.preprocess import InvalidPixels, pixels_to_array
+from service.ml.preprocess import IMAGE_PIXELS, IMAGE_SIDE
 
 JOB_SCHEMA = "lab2prod-job/1"
 
@@ -49,7 +53,7 @@ class Job:
             {
                 "schema": JOB_SCHEMA,
                 "inference_id": self.inference_id,
-                "pixels": self.image.reshape(-1).tolist(),
+                "pixels_b64": base64.b64encode(self.image.astype(np.uint8).tobytes()).decode(),
                 "submitted_at": self.submitted_at,
             }
         )
@@ -69,10 +73,18 @@ def decode_job(body: bytes, message_id: str | None = None) -> Job:
     if payload.get("schema") != JOB_SCHEMA:
         schema = payload.get("schema")
         raise PoisonJob(f"unknown job schema {schema!r}; expected {JOB_SCHEMA!r}", inference_id)
+    encoded = payload.get("pixels_b64")
     try:
-        image = pixels_to_array(payload.get("pixels"))  # type: ignore[arg-type]
-    except InvalidPixels as exc:
-        raise PoisonJob(f"invalid pixels: {exc}", inference_id) from exc
+        raw = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else None
+    except binascii.Error as exc:
+        raise PoisonJob(f"pixels_b64 is not valid base64 ({exc})", inference_id) from exc
+    if raw is None or len(raw) != IMAGE_PIXELS:
+        size = "missing" if raw is None else f"{len(raw)} bytes"
+        raise PoisonJob(
+            f"pixels_b64 must hold the {IMAGE_PIXELS} bytes of a 28x28 digit; got {size}",
+            inference_id,
+        )
+    image = np.frombuffer(raw, dtype=np.uint8).reshape(IMAGE_SIDE, IMAGE_SIDE)
     submitted_at = payload.get("submitted_at")
     if not isinstance(submitted_at, int | float):
         submitted_at = time.time()

@@ -65,8 +65,15 @@ async def test_an_unreachable_broker_refuses_at_once_and_keeps_refusing_quickly(
     assert not (await broker.status()).ok
 
 
+@pytest.mark.parametrize(
+    ("poison", "reason"),
+    [
+        (b'{"schema": "lab2prod-job/1", "pixels_b64": "AAAA', "not JSON"),  # truncated
+        (b'{"schema": "lab2prod-job/1", "pixels_b64": "AAAA"}', "784 bytes"),  # wrong shape
+    ],
+)
 async def test_a_poison_message_ends_in_the_dead_letter_queue_with_a_failed_result(
-    amqp_url, queue_name, redis_url
+    amqp_url, queue_name, redis_url, poison, reason
 ):
     broker = RabbitBroker(amqp_url, queue_name)
     store = RedisResultStore(redis_url, ttl_s=60)
@@ -77,8 +84,9 @@ async def test_a_poison_message_ends_in_the_dead_letter_queue_with_a_failed_resu
     connection = await aio_pika.connect(amqp_url)
     channel = await connection.channel(publisher_confirms=True)
     await channel.default_exchange.publish(
-        aio_pika.Message(b'{"schema": "lab2prod-job/1", "pixels": [1, 2', message_id=poison_id,
-                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+        aio_pika.Message(
+            poison, message_id=poison_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+        ),
         routing_key=queue_name,
     )
     worker = JobWorker(
@@ -95,7 +103,7 @@ async def test_a_poison_message_ends_in_the_dead_letter_queue_with_a_failed_resu
         await running
 
     assert record.status is JobStatus.FAILED
-    assert "not JSON" in record.error and record.attempts == 3
+    assert reason in record.error and record.attempts == 3
     assert (await store.get(good.inference_id)).predicted_class == 7
     dead_queue = await channel.declare_queue(dead_letter_names(queue_name)[1], passive=True)
     dead = await dead_queue.get(timeout=5)
