@@ -12,6 +12,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 from service.settings import Settings, get_settings
@@ -60,20 +61,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _supervise(processes: int, settings: Settings) -> int:
-    """Start the children, forward stop signals, return the worst exit code."""
+    """Start the children and forward stop signals. If one dies on its own, stop the others
+    too and exit with its code, so whatever supervises this command restarts the whole group."""
     children = []
     for index in range(processes):
         command = [sys.executable, "-m", "service.cli", "worker", "--queue", settings.queue_name]
         port = settings.worker_metrics_port
         command += ["--metrics-port", str(port + index if port else 0)]
         children.append(subprocess.Popen(command))
+    stopping = False
 
-    def forward(signum: int, _frame: object) -> None:
+    def stop_all(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
-    return max(codes, key=abs)
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
+    while any(child.poll() is None for child in children):
+        if not stopping and any(child.poll() is not None for child in children):
+            print("lab2prod worker: a worker process exited; stopping the others", file=sys.stderr)
+            stop_all()
+        time.sleep(0.2)
+    worst = max((child.returncode for child in children), key=abs)
+    return 128 - worst if worst < 0 else worst  # killed by signal N: the shell's 128 + N
