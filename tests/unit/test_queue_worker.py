@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import numpy as np
 import pytest
 
+from service.inference.batcher import MicroBatcher, QueueFull
 from service.queue.broker import BrokerUnavailable, InProcessBroker, InProcessDelivery
 from service.queue.jobs import Job, JobResult, JobStatus
 from service.queue.results import MemoryResultStore, ResultStoreUnavailable
-from service.queue.worker import BatchPrediction, JobWorker
+from service.queue.worker import BatcherPredictor, BatchPrediction, JobWorker
+
+
+class Prediction:
+    """What the API's batcher hands back (duck-typed like model_manager.Prediction)."""
+
+    def __init__(self, digit: int, probabilities: np.ndarray) -> None:
+        self.digit = digit
+        self.probabilities = probabilities.tolist()
+        self.model_version = "v-batcher"
 
 
 class SumModulo10:
@@ -147,3 +158,43 @@ async def test_the_in_process_queue_refuses_jobs_past_its_size():
     with pytest.raises(BrokerUnavailable, match="full"):
         await broker.publish(job_for(3))
     assert (await broker.status()).depth == 2
+
+
+async def test_a_job_delivered_past_max_attempts_is_given_up_without_running():
+    broker, store, model = InProcessBroker(), MemoryResultStore(60), SumModulo10()
+    job = job_for(4)
+    broker._queue.put_nowait(InProcessDelivery(job.encode(), job.inference_id, 4, broker))
+    await run_until_idle(broker, store, model, max_attempts=3)
+    result = await store.get(job.inference_id)
+    assert result.status is JobStatus.FAILED and "delivered 3 times" in result.error
+    assert model.batches == [] and len(broker.dead_letters) == 1
+
+
+async def test_embedded_jobs_wait_for_room_in_a_full_api_batcher():
+    def handler(digits):
+        time.sleep(0.01)
+        return [Prediction(int(d.sum()) % 10, np.eye(10)[int(d.sum()) % 10]) for d in digits]
+
+    batcher = MicroBatcher(handler, max_batch_size=2, max_queue_size=2).start()
+    refused = 0
+    submit_many = batcher.submit_many
+
+    async def counting_submit_many(items):
+        nonlocal refused
+        try:
+            return await submit_many(items)
+        except QueueFull:
+            refused += 1
+            raise
+
+    batcher.submit_many = counting_submit_many
+    images = np.stack([job_for(v).image for v in range(10)])
+    try:
+        predictor = BatcherPredictor(batcher)
+        predictions = await asyncio.gather(*(predictor.predict(images) for _ in range(3)))
+    finally:
+        batcher.close()
+    assert refused > 0  # the batcher was full at times, and the jobs waited instead of failing
+    for prediction in predictions:
+        assert prediction.probabilities.argmax(axis=1).tolist() == [v % 10 for v in range(10)]
+        assert [prediction.version_of(i) for i in range(10)] == ["v-batcher"] * 10

@@ -9,7 +9,9 @@ API's embedded mode (in-process deliveries, memory or Redis results). For each b
 3. runs one forward pass over the rest through a ``Predictor``;
 4. stores the results (first final write wins), retrying while the store is down;
 5. only then acks; a failed attempt is retried, and after ``max_attempts`` its result says
-   ``failed`` and the message goes to the dead-letter queue.
+   ``failed`` and the message goes to the dead-letter queue. Attempts count deliveries, so a
+   message whose earlier deliveries died with their worker (a crash it may have caused) is
+   given up the same way instead of taking workers down forever.
 
 ``stop()`` ends the loop after every delivery already received is finished and acked, so
 SIGTERM loses nothing and costs no extra delivery attempt.
@@ -161,9 +163,15 @@ class JobWorker:
         failures: list[tuple[Delivery, str | None, str]] = []
         for delivery in batch:
             try:
-                decoded.append((delivery, decode_job(delivery.body, delivery.message_id)))
+                job = decode_job(delivery.body, delivery.message_id)
             except PoisonJob as exc:
                 failures.append((delivery, exc.inference_id, str(exc)))
+                continue
+            if delivery.attempt > self.max_attempts:  # earlier deliveries died with their worker
+                error = f"delivered {delivery.attempt - 1} times without finishing (a crash?)"
+                failures.append((delivery, job.inference_id, error))
+                continue
+            decoded.append((delivery, job))
         decoded, duplicates = await self._drop_finished(decoded)
         done = await self._predict(decoded, failures)
         given_up, retry = self._triage(failures)
