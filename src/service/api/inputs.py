@@ -8,9 +8,12 @@ with orjson and checked with numpy, which is what keeps the hot path cheap.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import io
 import warnings
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from typing import Any
 
@@ -41,6 +44,7 @@ IMAGE_CONTENT_TYPES = frozenset(
 # Part types that carry no claim about the bytes: sniff them instead of refusing.
 GENERIC_CONTENT_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the uploaded file
+DECODE_THREADS = 2  # images are decoded off the event loop, at most this many at once
 # Our own check (MAX_IMAGE_PIXELS, before decoding) replaces Pillow's warning for big headers.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
@@ -211,6 +215,27 @@ def digit_from_image(
             raise InputError(str(exc), 422) from None
 
 
+_decoder: ThreadPoolExecutor | None = None
+
+
+async def decode_image(
+    data: bytes, *, max_pixels: int, max_bytes: int | None = None, content_type: str | None = None
+) -> np.ndarray:
+    """``digit_from_image`` on a small thread pool: decoding a big photo takes milliseconds
+    that must not block the event loop (Pillow and numpy release the GIL while they work)."""
+    global _decoder
+    if _decoder is None:
+        _decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="image-decode")
+    work = functools.partial(
+        digit_from_image,
+        data,
+        max_pixels=max_pixels,
+        max_bytes=max_bytes,
+        content_type=content_type,
+    )
+    return await asyncio.get_running_loop().run_in_executor(_decoder, work)
+
+
 def _reason(exc: BaseException) -> str:
     return str(exc).split(" <_io.BytesIO")[0] or type(exc).__name__
 
@@ -246,12 +271,14 @@ async def digit_from_request(request: Request, *, max_bytes: int, max_pixels: in
         return digit_from_json(await read_body(request, max_bytes))
     if kind == "multipart/form-data":
         data, part_type = await read_upload(request, max_bytes)
-        return digit_from_image(
+        return await decode_image(
             data, max_pixels=max_pixels, max_bytes=max_bytes, content_type=part_type
         )
     if kind in IMAGE_CONTENT_TYPES:
         data = await read_body(request, max_bytes)
-        return digit_from_image(data, max_pixels=max_pixels, max_bytes=max_bytes, content_type=kind)
+        return await decode_image(
+            data, max_pixels=max_pixels, max_bytes=max_bytes, content_type=kind
+        )
     raise InputError(
         f"unsupported Content-Type {kind!r}; send application/json "
         '({"pixels": [...]}) or multipart/form-data with the image in a field named "file"',
