@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from starlette.middleware.gzip import GZipMiddleware
 
 from service.api.errors import install_error_handlers
-from service.api.routes import collect
+from service.api.routes import collect, predict
 from service.inference.batcher import MicroBatcher
 from service.inference.cache import PredictionCache
 from service.inference.model_manager import ModelManager
@@ -61,6 +61,9 @@ def create_app(settings: Settings | None = None, *, model: ModelManager | None =
         summary="The MNIST CNN from the notebook, served: POST /predict.",
         version="0.1.0",
         lifespan=lifespan,
+        # Metrics are Prometheus (observability.py). FastAPI's built-in OpenTelemetry hooks
+        # would otherwise look up the global providers (reading os.environ) on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.settings = settings
     app.state.model = model
@@ -69,6 +72,7 @@ def create_app(settings: Settings | None = None, *, model: ModelManager | None =
     app.state.result_store = None  # filled by the async routes' lifespan
     app.state.broker = None  # filled by the async routes' lifespan
     app.state.ready_checks = {}
+    app.router.routes.extend(predict.FAST_ROUTES)  # the hot path first: see routes/predict.py
     for router in routers:
         app.include_router(router)
     install_error_handlers(app)

@@ -1,11 +1,22 @@
-"""POST /predict and POST /predict/batch: validated digits -> cache -> batcher -> JSON bytes."""
+"""POST /predict and POST /predict/batch: validated digits -> cache -> batcher -> JSON bytes.
+
+These two are the hot path, so they skip FastAPI's per-request machinery: each endpoint takes
+the bare ``Request`` and calls the named dependency functions itself (same checks, same 503s),
+and ``FAST_ROUTES`` serves them as plain Starlette routes placed ahead of the documented
+``router`` ones. Measured on one core (issue 6, docs/benchmarks): dependency injection of four
+dependencies plus FastAPI's route wrapper cost about 150 µs a request, a third of the whole
+budget at c=64. The ``router`` entries stay for the OpenAPI schema (/docs) and answer exactly
+the same way if FAST_ROUTES is left out.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
-from service.api.deps import BatcherDep, CacheDep, ModelDep, SettingsDep
+from service.api.deps import get_app_settings, get_batcher, get_cache, get_model
 from service.api.inputs import digit_from_request, digits_from_batch_json, read_body
 from service.api.schemas import (
     BATCH_REQUEST_DOC,
@@ -29,10 +40,10 @@ MISS = {"X-Cache": "miss"}
     openapi_extra=PREDICT_REQUEST_DOC,
     summary="Classify one digit (JSON pixels or an uploaded image)",
 )
-async def predict(
-    request: Request, model: ModelDep, batcher: BatcherDep, cache: CacheDep, settings: SettingsDep
-) -> Response:
+async def predict(request: Request) -> Response:
     """JSON `{"pixels": [...]}` or multipart field `file`; header `X-Cache: hit|miss`."""
+    model, batcher = await get_model(request), await get_batcher(request)
+    cache, settings = await get_cache(request), await get_app_settings(request)
     digit = await digit_from_request(
         request, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels
     )
@@ -49,12 +60,12 @@ async def predict(
     openapi_extra=BATCH_REQUEST_DOC,
     summary="Classify several digits sent as JSON pixels, answered in order",
 )
-async def predict_batch(
-    request: Request, model: ModelDep, batcher: BatcherDep, cache: CacheDep, settings: SettingsDep
-) -> Response:
+async def predict_batch(request: Request) -> Response:
     """`{"items": [{"pixels": [...]}, ...]}` -> `{"predictions": [...]}` in the same order.
 
     `X-Cache: hit` when every item came from the cache; `X-Cache-Hits` counts those that did."""
+    model, batcher = await get_model(request), await get_batcher(request)
+    cache, settings = await get_cache(request), await get_app_settings(request)
     digits = digits_from_batch_json(
         await read_body(request, settings.max_upload_bytes), settings.batch_max_items
     )
@@ -64,3 +75,21 @@ async def predict_batch(
     headers = {"X-Cache": "hit" if hits == len(bodies) else "miss", "X-Cache-Hits": str(hits)}
     body = b'{"predictions":[' + b",".join(bodies) + b"]}"
     return Response(body, media_type=JSON, headers=headers)
+
+
+class _FastRoute(Route):
+    """A Starlette route that puts itself in the scope, as FastAPI's routes do, so the request
+    metrics label it with its path template."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match is not Match.NONE:
+            child_scope["route"] = self
+        return match, child_scope
+
+
+# Served first (see the module docstring); the router's entries document the same endpoints.
+FAST_ROUTES = [
+    _FastRoute("/predict", predict, methods=["POST"]),
+    _FastRoute("/predict/batch", predict_batch, methods=["POST"]),
+]
