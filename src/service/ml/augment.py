@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
-from service.ml.preprocess import IMAGE_SIDE, Normalization
+from service.ml.preprocess import IMAGE_SIDE, Normalization, normalize
 
 
 @dataclass(frozen=True)
@@ -67,3 +68,9 @@ class RandomAffine:
             batch - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False
         )
         return moved + background
+
+
+def augmented_examples(images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """uint8 digits [N,28,28] -> one augmented draw of each, normalised, [N,28,28] (for plots)."""
+    batch = normalize(images)
+    return RandomAffine()(batch, torch.Generator().manual_seed(seed))[:, 0].numpy()

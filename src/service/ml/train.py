@@ -182,18 +182,17 @@ def train(
         dataset = load_training_data(config)
     normalization = Normalization()
     data_device = _data_device(device, dataset)
-    pin = device.type == "cuda" and data_device.type == "cpu"
     train_x = normalize(dataset.train_images, normalization).to(data_device)
     train_y = torch.as_tensor(dataset.train_labels, dtype=torch.int64).to(data_device)
     test_x = normalize(dataset.test_images, normalization).to(data_device)
     test_y = torch.as_tensor(dataset.test_labels, dtype=torch.int64).to(data_device)
-    if pin:
-        train_x, train_y = train_x.pin_memory(), train_y.pin_memory()
 
     model = build_model(ARCHITECTURE, num_classes=len(dataset.class_names)).to(device)
     optimizer = torch.optim.Adadelta(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.gamma)
     precision = _Precision(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its kernels
     augmenter = RandomAffine(normalization=normalization) if config.augment else None
     # Shuffling and augmentation draw from their own generator, dropout from torch's global one.
     generator = torch.Generator().manual_seed(config.seed)
