@@ -103,6 +103,7 @@ class ModelManager:
 
     def load(self, version: str | None = None) -> LoadedModel:
         """Load (the alias's version by default), warm it up, then swap it in."""
+        torch.set_num_threads(self.settings.torch_threads)  # before warm-up picks its kernels
         version = version or self.resolve()
         try:
             path = self.registry.checkpoint_path(version)
