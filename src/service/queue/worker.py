@@ -163,17 +163,18 @@ class JobWorker:
         failures: list[tuple[Delivery, str | None, str]] = []
         for delivery in batch:
             try:
-                job = decode_job(delivery.body, delivery.message_id)
+                decoded.append((delivery, decode_job(delivery.body, delivery.message_id)))
             except PoisonJob as exc:
                 failures.append((delivery, exc.inference_id, str(exc)))
-                continue
+        decoded, duplicates = await self._drop_finished(decoded)
+        runnable = []
+        for delivery, job in decoded:
             if delivery.attempt > self.max_attempts:  # earlier deliveries died with their worker
                 error = f"delivered {delivery.attempt - 1} times without finishing (a crash?)"
                 failures.append((delivery, job.inference_id, error))
-                continue
-            decoded.append((delivery, job))
-        decoded, duplicates = await self._drop_finished(decoded)
-        done = await self._predict(decoded, failures)
+            else:
+                runnable.append((delivery, job))
+        done = await self._predict(runnable, failures)
         given_up, retry = self._triage(failures)
 
         to_store = [result for _, result, _ in done] + [r for _, r in given_up if r is not None]
