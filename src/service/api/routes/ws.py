@@ -22,7 +22,11 @@ Close codes (with a reason saying what happened):
   string or an integer, or two header frames in a row;
 - 1009 message too big: a binary frame over MAX_UPLOAD_BYTES;
 - 1013 try again later: the server is overloaded (its inference queue is full), the model
-  timed out, or this instance has no model (LOAD_MODEL=false, or still loading).
+  timed out, or this instance has no model (LOAD_MODEL=false, or still loading);
+- 1011 internal error: a bug on our side (logged with its traceback).
+
+A client that closes or disconnects mid-stream gets no further replies: the inputs still in
+flight are cancelled.
 
 Backpressure: at most WS_MAX_IN_FLIGHT inputs per connection wait for their reply; past that
 the server stops reading the socket until the oldest is answered, so a client that sends faster
@@ -35,11 +39,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, WebSocket
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.responses import Response
 
 from service.api.inputs import InputError, digit_from_image, digit_from_pixels
@@ -51,10 +56,12 @@ from service.queue import metrics
 router = APIRouter(tags=["async"])
 PATH = "/ws/predict"
 MAX_ID_LENGTH = 128
-POLICY_VIOLATION, TOO_BIG, TRY_AGAIN_LATER = 1008, 1009, 1013
+POLICY_VIOLATION, TOO_BIG, INTERNAL_ERROR, TRY_AGAIN_LATER = 1008, 1009, 1011, 1013
 OVERLOAD = (QueueFull, BatcherClosed, ModelNotLoaded, Overloaded, InferenceTimeout)
 PREDICT_TASK = "ws-predict"  # the name of each in-flight input's task
 _NO_HEADER = object()
+_GONE = (WebSocketDisconnect, OSError, RuntimeError)  # the client left (send after close)
+log = logging.getLogger(__name__)
 
 
 class _Close(Exception):
@@ -116,6 +123,9 @@ class _Stream:
                 error = task.exception()
                 if isinstance(error, _Close):
                     close = error
+                elif error is not None and not isinstance(error, _GONE):
+                    log.error("/ws/predict stream failed", exc_info=error)
+                    close = _Close(INTERNAL_ERROR, f"internal error ({type(error).__name__})")
         finally:
             pending = [future for _, future in self.in_order]
             for task in (reader, writer, *pending):
