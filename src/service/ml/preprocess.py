@@ -4,6 +4,7 @@ become normalised model input. Training, evaluation, the API and the worker all 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -108,7 +109,12 @@ def image_to_mnist(image: Image.Image) -> np.ndarray:
 
     if image.format == "JPEG":  # decode big JPEGs at a reduced scale (DCT scaling, much faster)
         image.draft("L", (WORKING_SIDE, WORKING_SIDE))
-    image = ImageOps.exif_transpose(image) or image
+    image.load()
+    ImageOps.exif_transpose(image, in_place=True)
+    factor = max(image.size) // WORKING_SIDE
+    if factor >= 2:  # huge PNGs: box-average down first, so later steps touch 1/factor² pixels
+        with contextlib.suppress(ValueError):  # a mode reduce() does not take: shrink later
+            image = image.reduce(factor)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
