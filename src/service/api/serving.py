@@ -65,17 +65,12 @@ async def predict_digits(
 
     The misses go to the batcher together, so they share forward passes."""
     version = model.version
+    keys: list[str | None] = [None] * len(digits)
     bodies: list[bytes | None] = [None] * len(digits)
-    missing: list[int] = []
-    keys: list[str | None] = []
-    for index, digit in enumerate(digits):
-        key = cache_key(version, digit) if version is not None else None
-        keys.append(key)
-        cached = await cache.get(key) if key is not None else None
-        if cached is None:
-            missing.append(index)
-        else:
-            bodies[index] = cached
+    if version is not None:
+        keys = [cache_key(version, digit) for digit in digits]
+        bodies = await cache.get_many(keys)  # type: ignore[arg-type]
+    missing = [index for index, body in enumerate(bodies) if body is None]
     if missing:
         predictions = await _run(batcher.submit_many([digits[i] for i in missing]), timeout_s)
         for index, prediction in zip(missing, predictions, strict=True):

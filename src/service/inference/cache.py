@@ -175,6 +175,28 @@ class PredictionCache:
         self.memory.put(key, value)
         return value
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """Like ``get`` for each key, with one Redis round trip (MGET) for the LRU's misses."""
+        values: list[bytes | None] = [self.memory.get(key) for key in keys]
+        missing = [index for index, value in enumerate(values) if value is None]
+        self._hit_memory.inc(len(keys) - len(missing))
+        self._miss_memory.inc(len(missing))
+        if self.redis is None or not missing:
+            return values
+        found = await self._guarded(
+            self.redis.mget([f"{self.namespace}:{keys[index]}" for index in missing])
+        )
+        if found is FAILED:
+            return values
+        for index, value in zip(missing, found, strict=True):
+            if value is None:
+                self._miss_redis.inc()
+            else:
+                self._hit_redis.inc()
+                self.memory.put(keys[index], value)
+                values[index] = value
+        return values
+
     def put(self, key: str, value: bytes) -> None:
         """Store in the LRU now and in Redis in the background (never awaited by a request)."""
         self.memory.put(key, value)

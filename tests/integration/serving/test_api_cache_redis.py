@@ -166,3 +166,19 @@ async def test_an_unreachable_redis_at_start_up_does_not_stop_the_service(regist
         ready = (await client.get("/ready")).json()
     assert [answer.status_code for answer in answers] == [200] * 5
     assert ready["status"] == "degraded"
+
+
+async def test_a_batch_reads_redis_in_one_round_trip_and_keeps_order(registry_dir, redis_server):
+    redis_server.client().flushall()
+    digits = new_digits(8, 4)
+    settings = redis_settings(registry_dir, redis_server)
+    async with serving(settings) as (_, first):
+        for pixels in digits[:3]:
+            await first.post("/predict", json={"pixels": pixels})
+        await wait_for_keys(redis_server, 3)
+        singles = [(await first.post("/predict", json={"pixels": p})).json() for p in digits[:3]]
+    async with serving(settings) as (_, second):  # empty LRU: hits must come from Redis
+        batch = await second.post("/predict/batch", json={"items": [{"pixels": p} for p in digits]})
+    assert batch.status_code == 200
+    assert batch.headers["x-cache-hits"] == "3" and batch.headers["x-cache"] == "miss"
+    assert batch.json()["predictions"][:3] == singles
