@@ -149,7 +149,9 @@ def _load_mnist_5k(data_dir: Path | None = None, download: bool = False) -> Digi
     test_mask = np.zeros(len(labels), dtype=bool)
     test_mask[np.concatenate(test_index)] = True
     train_order = rng.permutation(np.flatnonzero(~test_mask))
-    test_order = np.sort(np.flatnonzero(test_mask))
+    # Shuffled, not sorted: the source is sorted by class, and any prefix of the test split
+    # (the gate's parity sample, a test_limit) must hold every class.
+    test_order = rng.permutation(np.flatnonzero(test_mask))
     return DigitDataset(
         name="mnist-5k",
         train_images=images[train_order],
