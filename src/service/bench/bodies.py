@@ -107,12 +107,20 @@ def read_bodies(path: Path) -> list[bytes]:
 
 
 def build_body_sets(
-    folder: Path, *, distinct: int = 2048, png_count: int = 512, batch_bodies: int = 128,
-    batch_items: int = 32, png_sides: tuple[int, int] = (28, 400), seed: int = 0,
+    folder: Path, *, distinct: int = 2048, png_count: int = 1024, batch_bodies: int = 128,
+    batch_items: int = 16, png_sides: tuple[int, int] = (28, 400), seed: int = 0,
 ) -> dict[str, BodySet]:
-    """json (distinct), json-same (one body), png (distinct, 28..400 px), batch (distinct)."""
+    """json (distinct), json-same (one body), png (distinct, 28..400 px), batch (distinct).
+
+    Each set gets its own digits, so no body of one set repeats a digit of another. A batch
+    request holds 16 digits: at c=64 that keeps 1,024 digits in flight, the default
+    MAX_QUEUE_SIZE (more would be refused with 503 by design, not measured as throughput)."""
     folder.mkdir(parents=True, exist_ok=True)
-    digits = distinct_digits(max(distinct, png_count, batch_bodies * batch_items), seed)
+    batch_total = batch_bodies * batch_items
+    digits = distinct_digits(distinct + png_count + batch_total + 1, seed)
+    json_digits, rest = digits[:distinct], digits[distinct:]
+    png_digits, rest = rest[:png_count], rest[png_count:]
+    batch_digits, same_digit = rest[:batch_total], rest[batch_total]
     rng = np.random.default_rng(seed + 1)
     sets: dict[str, BodySet] = {}
 
@@ -120,16 +128,16 @@ def build_body_sets(
         path = folder / f"{name}.bodies"
         sets[name] = BodySet(name, path, content_type, route, write_bodies(path, bodies), items)
 
-    add("json", [json_body(d) for d in digits[:distinct]], JSON, "/predict")
-    add("json-same", [json_body(digits[0])], JSON, "/predict")
+    add("json", [json_body(d) for d in json_digits], JSON, "/predict")
+    add("json-same", [json_body(same_digit)], JSON, "/predict")
     boundary = f"lab2prod-{uuid.uuid4().hex}"
     sides = rng.integers(png_sides[0], png_sides[1] + 1, png_count)
     uploads = [png_upload(d, int(side), paper=bool(i % 2))
-               for i, (d, side) in enumerate(zip(digits[:png_count], sides, strict=True))]
+               for i, (d, side) in enumerate(zip(png_digits, sides, strict=True))]
     if any(boundary.encode() in upload for upload in uploads):  # astronomically unlikely
         raise RuntimeError("multipart boundary occurs in an image; run again")
     add("png", [multipart(upload, boundary) for upload in uploads],
         f"multipart/form-data; boundary={boundary}", "/predict")
-    add("batch", [batch_body(digits[i * batch_items:(i + 1) * batch_items])
+    add("batch", [batch_body(batch_digits[i * batch_items:(i + 1) * batch_items])
                   for i in range(batch_bodies)], JSON, "/predict/batch", batch_items)
     return sets

@@ -7,7 +7,7 @@ shared machine spread over all of them. Figures are medians over rounds, with th
 Targets (a server and a body set):
   ours, tutorial, threadpool, litserve   JSON pixels, >= 1,000 distinct digits (misses)
   ours-png                               PNG uploads 28..400 px, distinct (misses)
-  ours-batch                             POST /predict/batch, 32 distinct digits a request
+  ours-batch                             POST /predict/batch, 16 distinct digits a request
   ours-hit-memory                        one body repeated: in-process LRU hits
   ours-hit-redis                         one body repeated: Redis hits (no in-process LRU)
 
