@@ -187,7 +187,9 @@ def train(
     test_x = normalize(dataset.test_images, normalization).to(data_device)
     test_y = torch.as_tensor(dataset.test_labels, dtype=torch.int64).to(data_device)
 
-    model = build_model(ARCHITECTURE, num_classes=len(dataset.class_names)).to(device)
+    # channels_last: oneDNN (CPU) and cuDNN (tensor cores) run these convolutions faster in it.
+    model = build_model(ARCHITECTURE, num_classes=len(dataset.class_names))
+    model = model.to(device=device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adadelta(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.gamma)
     precision = _Precision(device)
@@ -242,7 +244,7 @@ def train(
                 f"{count / seconds:,.0f} images/s"
             )
     bar.close()
-    model.eval()
+    model = model.to(memory_format=torch.contiguous_format).eval()
     train_seconds = sum(e["seconds"] for e in epochs)
     record = {
         "params": asdict(config),
