@@ -9,6 +9,11 @@ Redis is optional and never allowed to slow the service down: every call has a s
 failures in a row. While it is open, Redis is not called at all (requests go straight to the
 model, the tier reports ``degraded``); after ``breaker_reset_s`` one trial call decides whether
 it closes again, so caching resumes by itself when Redis comes back.
+
+Redis calls made in the same event-loop iteration share one round trip: lookups become one
+MGET, writes one pipeline. Nothing waits on a timer for this (a lone request's lookup goes out
+on the next loop iteration), but under load one round trip serves dozens of requests, which is
+what makes a Redis hit cheaper than running the model (issue 6, docs/benchmarks).
 """
 
 from __future__ import annotations
@@ -136,6 +141,8 @@ class PredictionCache:
                 health_check_interval=0,
             )
         self._writes: set[asyncio.Task[Any]] = set()
+        self._lookups: list[tuple[str, asyncio.Future[Any]]] | None = None  # this iteration's
+        self._pending_writes: dict[str, bytes] | None = None  # this iteration's SETs
         self._hit_memory = CACHE_REQUESTS.labels("memory", "hit")
         self._miss_memory = CACHE_REQUESTS.labels("memory", "miss")
         self._hit_redis = CACHE_REQUESTS.labels("redis", "hit")
@@ -166,7 +173,7 @@ class PredictionCache:
         self._miss_memory.inc()
         if self.redis is None:
             return None
-        value = await self._guarded(self.redis.get(f"{self.namespace}:{key}"))
+        value = await self._lookup(key)
         if value is None or value is FAILED:
             if value is None:
                 self._miss_redis.inc()
@@ -205,9 +212,54 @@ class PredictionCache:
         if len(self._writes) >= MAX_PENDING_WRITES or self.breaker.state == "open":
             self._skipped_redis.inc()
             return
-        task = asyncio.get_running_loop().create_task(
-            self._guarded(self.redis.set(f"{self.namespace}:{key}", value, ex=self.ttl_s))
-        )
+        if self._pending_writes is None:
+            self._pending_writes = {}
+            asyncio.get_running_loop().call_soon(self._flush_writes)
+        self._pending_writes[key] = value
+
+    # --- one round trip per event-loop iteration ------------------------------------------------
+
+    def _lookup(self, key: str) -> asyncio.Future[Any]:
+        """The Redis value of ``key`` (bytes, None, or FAILED), fetched with this iteration's
+        other lookups in one MGET."""
+        loop = asyncio.get_running_loop()
+        if self._lookups is None:
+            self._lookups = []
+            loop.call_soon(self._flush_lookups)
+        future: asyncio.Future[Any] = loop.create_future()  # one each: a caller may cancel its own
+        self._lookups.append((key, future))
+        return future
+
+    def _flush_lookups(self) -> None:
+        lookups, self._lookups = self._lookups or [], None
+        if lookups:
+            self._track(self._fetch(lookups))
+
+    async def _fetch(self, lookups: list[tuple[str, asyncio.Future[Any]]]) -> None:
+        assert self.redis is not None
+        keys = list(dict.fromkeys(key for key, _ in lookups))  # each distinct key once
+        found: Any = FAILED
+        try:
+            found = await self._guarded(
+                self.redis.mget([f"{self.namespace}:{key}" for key in keys])
+            )
+        finally:  # even when cancelled at shutdown: no request waits forever
+            values = dict(zip(keys, [FAILED] * len(keys) if found is FAILED else found,
+                              strict=True))
+            for key, future in lookups:
+                if not future.done():
+                    future.set_result(values[key])
+
+    def _flush_writes(self) -> None:
+        writes, self._pending_writes = self._pending_writes or {}, None
+        if writes and self.redis is not None:
+            pipeline = self.redis.pipeline(transaction=False)
+            for key, value in writes.items():
+                pipeline.set(f"{self.namespace}:{key}", value, ex=self.ttl_s)
+            self._track(self._guarded(pipeline.execute()))
+
+    def _track(self, call: Awaitable[Any]) -> None:
+        task = asyncio.get_running_loop().create_task(call)  # type: ignore[arg-type]
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
