@@ -48,7 +48,7 @@ def test_config_defaults_are_the_notebook_parameters():
     ("field", "value", "message"),
     [
         ("epochs", 0, "epochs"),
-        ("lr", 0.0, "lr"),
+        ("lr", -0.5, "lr"),
         ("gamma", 1.5, "gamma"),
         ("limit", -1, "limit"),
         ("dataset", "cifar", "mnist-5k"),

@@ -65,8 +65,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0 (the recipe uses 1.0), got {self.lr}")
+        # lr 0 is allowed on purpose: it trains nothing, which is how a scheduled run proves the
+        # release gate refuses a poor model.
+        if self.lr < 0:
+            raise ValueError(f"lr must be >= 0 (the recipe uses 1.0), got {self.lr}")
         if not 0 < self.gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1] (the recipe uses 0.7), got {self.gamma}")
         if self.limit < 0:
