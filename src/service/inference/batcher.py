@@ -6,6 +6,11 @@ handler once on the whole list and hands every result back to its request's futu
 that arrive while a batch is running form the next batch, so batching costs nothing at low load
 and fills up by itself under load. ``max_wait_ms`` > 0 adds an optional wait to fill a batch.
 
+Submissions made during one event-loop iteration reach the inference thread together, at the
+end of that iteration (``loop.call_soon``, not a timer): the thread then wakes once for all of
+them instead of once per request, and the event loop keeps the GIL while it reads requests.
+Measured on one core at c=64 (issue 6): +30% throughput, p99 175 -> 70 ms.
+
 The queue is bounded: past ``max_queue_size`` waiting items, ``submit`` raises ``QueueFull``
 (the API answers 503 with Retry-After) instead of letting latency grow without bound. A handler
 error fails exactly the requests of that batch; the thread carries on, so no request hangs.
@@ -75,6 +80,8 @@ class MicroBatcher(Generic[In, Out]):
         self._thread: threading.Thread | None = None
         self._closed = False
         self.in_flight = 0  # items in the batch now running (read for metrics only)
+        # this loop iteration's submissions, per event loop, handed over by _flush
+        self._pending: dict[asyncio.AbstractEventLoop, list[Any]] = {}
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -90,6 +97,8 @@ class MicroBatcher(Generic[In, Out]):
         """Stop taking work, finish what is queued, then stop the thread."""
         if self._closed:
             return
+        for loop in list(self._pending):
+            self._flush(loop)  # submitted before close: finished, like the rest of the queue
         self._closed = True
         self._queue.put(_STOP)
         if self._thread is not None:
@@ -98,7 +107,7 @@ class MicroBatcher(Generic[In, Out]):
     @property
     def depth(self) -> int:
         """Items waiting for a batch (not counting the batch that is running)."""
-        return self._queue.qsize()
+        return self._queue.qsize() + sum(map(len, self._pending.values()))
 
     @property
     def running(self) -> bool:
@@ -109,7 +118,7 @@ class MicroBatcher(Generic[In, Out]):
     def _check_room(self, count: int) -> None:
         if self._closed or self._thread is None or not self._thread.is_alive():
             raise BatcherClosed(f"the {self.name} batcher is not running")
-        if self._queue.qsize() + count > self.max_queue_size:
+        if self.depth + count > self.max_queue_size:
             raise QueueFull(
                 f"the {self.name} queue is full ({self.max_queue_size} waiting); retry shortly"
             )
@@ -119,8 +128,24 @@ class MicroBatcher(Generic[In, Out]):
         self._check_room(1)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Out] = loop.create_future()
-        self._queue.put((item, future, loop))
+        pending = self._pending.get(loop)
+        if pending is None:
+            pending = self._pending[loop] = []
+            loop.call_soon(self._flush, loop)
+        pending.append((item, future, loop))
         return await future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand this iteration's submissions to the inference thread (on the loop's thread)."""
+        pending = self._pending.pop(loop, None) or []
+        if self._closed:  # close() already flushed; these came after it
+            for _, future, _ in pending:
+                if not future.done():
+                    future.set_exception(BatcherClosed(f"the {self.name} batcher shut down"))
+            return
+        put = self._queue.put
+        for entry in pending:
+            put(entry)
 
     async def submit_many(self, items: Sequence[In]) -> list[Out]:
         """Queue several inputs at once (all or none) and wait for all their outputs, in order."""
