@@ -223,6 +223,7 @@ def test_report_writes_json_markdown_chart_and_the_readme_block(tmp_path):
     updated = readme.read_text()
     assert "old" not in updated and "before" in updated and "after" in updated
     assert "c=64 JSON req/s vs tutorial | 2.22 | >= 2.0x | yes |" in updated
+    assert "| ours | 900, 1.0/10 | 1,300, 1.0/10 | 2,000, 1.0/40 |" in updated
 
 
 def test_lua_script_is_shipped_next_to_the_package():

@@ -42,6 +42,24 @@ def _order(target: str) -> int:
     return order.index(target) if target in order else len(order)
 
 
+def readme_table(data: dict[str, Any]) -> str:
+    """Median req/s and p50/p99 of the JSON targets per concurrency, our other routes at the
+    highest one."""
+    rows = {(r["target"], r["concurrency"]): r for r in data["summary"]}
+    concurrencies = sorted({r["concurrency"] for r in data["summary"]})
+    lines = ["| target | " + " | ".join(f"c={c}: req/s, p50/p99 ms" for c in concurrencies) + " |",
+             "|---|" + "---:|" * len(concurrencies)]
+    for target in sorted({r["target"] for r in data["summary"]}, key=_order):
+        cells = []
+        for c in concurrencies:
+            row = rows.get((target, c))
+            cells.append("—" if row is None else
+                         f"{row['requests_per_s']['median']:,.0f}, "
+                         f"{row['p50_ms']['median']:.1f}/{row['p99_ms']['median']:.0f}")
+        lines.append(f"| {target} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def targets_table(data: dict[str, Any]) -> str:
     lines = ["| target | measured | required | met |", "|---|---:|---:|:---:|"]
     for check in data["targets"]:
@@ -178,12 +196,15 @@ def update_readme(readme: Path, data: dict[str, Any]) -> bool:
                    for c, r in data["ratios"].items()]
     block = "\n".join([
         README_START,
-        f"Measured by `lab2prod bench` ({data['context']['started']}; full table, memory and "
-        "chart in [docs/benchmarks/results.md](docs/benchmarks/results.md)):",
+        f"Measured by `lab2prod bench` ({data['context']['started']}, "
+        f"{data['context']['machine']}; every figure, memory and the chart in "
+        "[docs/benchmarks/results.md](docs/benchmarks/results.md)):",
         "",
-        targets_table(data),
+        readme_table(data),
         "",
         *ratio_lines,
+        "",
+        targets_table(data),
         README_END,
     ])
     readme.write_text(head + block + tail)
