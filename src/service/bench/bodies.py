@@ -107,7 +107,7 @@ def read_bodies(path: Path) -> list[bytes]:
 
 
 def build_body_sets(
-    folder: Path, *, distinct: int = 2048, png_count: int = 1024, batch_bodies: int = 128,
+    folder: Path, *, distinct: int = 2048, png_count: int = 1024, batch_bodies: int = 512,
     batch_items: int = 16, png_sides: tuple[int, int] = (28, 400), seed: int = 0,
 ) -> dict[str, BodySet]:
     """json (distinct), json-same (one body), png (distinct, 28..400 px), batch (distinct).
