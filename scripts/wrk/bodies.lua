@@ -2,10 +2,12 @@
 -- one body repeated for cache hits), and print a machine-readable result line at the end.
 --
 --   wrk -t1 -c64 -d5s --latency -s scripts/wrk/bodies.lua http://127.0.0.1:8000 \
---       -- FILE CONTENT_TYPE ROUTE
+--       -- FILE CONTENT_TYPE ROUTE [START]
 --
 -- FILE: for each body, its byte length in ASCII, a newline, then the bytes (written by
 -- service.bench.bodies.write_bodies). Requests are formatted once, in init, not per request.
+-- START: the body to begin with, so that successive runs continue the cycle instead of
+-- re-sending the first bodies, whose answers the previous run may have left in a cache.
 
 local prepared = {}
 local position = 0
@@ -21,6 +23,7 @@ function init(args)
   end
   file:close()
   assert(#prepared > 0, "no bodies in " .. file_name)
+  position = (tonumber(args[4]) or 0) % #prepared
 end
 
 function request()

@@ -52,7 +52,7 @@ def test_wrk_is_pinned_to_its_core_with_one_thread_and_the_bodies_file(tmp_path)
     argv = wrk.command("http://127.0.0.1:9", body_set, connections=64, seconds=5, cpu=1)
     assert argv[:6] == ["taskset", "-c", "1", "wrk", "-t1", "-c64"]
     assert "-d5s" in argv and "--latency" in argv and str(wrk.LUA_SCRIPT) in argv
-    assert argv[-4:] == ["--", str(body_set.path), "application/json", "/predict"]
+    assert argv[-5:] == ["--", str(body_set.path), "application/json", "/predict", "0"]
 
 
 def test_missing_wrk_says_how_to_install_it(monkeypatch, tmp_path):
@@ -89,11 +89,11 @@ def test_body_sets_hold_json_png_uploads_and_batches(tmp_path):
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
-    seen: ClassVar[set[bytes]] = set()
+    seen: ClassVar[list[bytes]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        _Recorder.seen.add(body)
+        _Recorder.seen.append(body)
         status = 200 if self.headers["Content-Type"] == "application/json" else 415
         self.send_response(status)
         self.send_header("Content-Length", "2")
@@ -115,11 +115,14 @@ def test_the_wrk_script_cycles_through_every_body_and_counts_bad_statuses(tmp_pa
     try:
         result = wrk.run(url, good, connections=2, seconds=1, cpu=0)
         refused = wrk.run(url, bad, connections=1, seconds=1, cpu=0)
+        _Recorder.seen.clear()
+        first = wrk.run(url, good, connections=1, seconds=1, cpu=0, start=3)
     finally:
         server.shutdown()
     assert result.requests > 5 and result.errors == 0
-    assert _Recorder.seen == set(sent)
     assert refused.status_errors == refused.requests > 0
+    assert first.requests >= 5 and set(_Recorder.seen) == set(sent)
+    assert _Recorder.seen[:5] == sent[3:] + sent[:3], "starts at START, then cycles in order"
 
 
 def test_a_server_tree_is_measured_and_stopped_as_one_group(tmp_path):

@@ -228,6 +228,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     servers: dict[str, Server] = {}
     memory: dict[str, Any] = {}
     runs: list[Run] = []
+    cursor = Cursor()
     try:
         redis_port = None
         if need_redis:
@@ -243,11 +244,14 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         for target in config.targets:
             server_name, body_name = TARGETS[target]
             check_one_request(servers[server_name], body_sets[body_name])
+            cursor.advance(server_name, body_name, 1)
         log.info("warming up every target for %.0f s at concurrency 8", config.warmup_s)
         for target in config.targets:
             server_name, body_name = TARGETS[target]
-            wrk.run(servers[server_name].spec.url, body_sets[body_name], connections=8,
-                    seconds=config.warmup_s, cpu=config.client_cpu)
+            result = wrk.run(servers[server_name].spec.url, body_sets[body_name], connections=8,
+                             seconds=config.warmup_s, cpu=config.client_cpu,
+                             start=cursor.at(server_name, body_name))
+            cursor.advance(server_name, body_name, result.requests + 8)
         for name in sorted(wanted_servers):
             memory[name] = {"after_warmup": servers[name].memory()}
         total = config.rounds * len(config.concurrencies) * len(config.targets)
@@ -255,7 +259,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
             for concurrency in config.concurrencies:
                 for target in config.targets:
                     runs.append(_measure(target, concurrency, round_index, servers, body_sets,
-                                         config))
+                                         config, cursor))
                     last = runs[-1]
                     log.info("[%d/%d] round %d c=%d %-16s %8.0f req/s p50 %6.2f ms p99 %7.2f ms "
                              "errors %d cpu %.2f", len(runs), total, round_index + 1, concurrency,
@@ -272,15 +276,32 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     return assemble(runs, memory, context)
 
 
+class Cursor:
+    """Where each server's walk through a body set stands, so that the next run goes on from
+    there: a body comes back only after the whole cycle, never while its answer may still be
+    in the server's cache (requests in flight when a run stops are skipped too)."""
+
+    def __init__(self) -> None:
+        self._sent: dict[tuple[str, str], int] = {}
+
+    def at(self, server: str, body_set: str) -> int:
+        return self._sent.get((server, body_set), 0)
+
+    def advance(self, server: str, body_set: str, count: int) -> None:
+        self._sent[(server, body_set)] = self.at(server, body_set) + count
+
+
 def _measure(target: str, concurrency: int, round_index: int, servers: dict[str, Server],
-             body_sets: dict[str, bodies_module.BodySet], config: BenchConfig) -> Run:
+             body_sets: dict[str, bodies_module.BodySet], config: BenchConfig,
+             cursor: Cursor) -> Run:
     server_name, body_name = TARGETS[target]
     server, body_set = servers[server_name], body_sets[body_name]
     ours = server_name.startswith("ours")
     before_cache = scrape_cache_counters(server.spec.url) if ours else {}
     cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
     result = wrk.run(server.spec.url, body_set, connections=concurrency, seconds=config.seconds,
-                     cpu=config.client_cpu)
+                     cpu=config.client_cpu, start=cursor.at(server_name, body_name))
+    cursor.advance(server_name, body_name, result.requests + concurrency)
     cpu_used, wall = server.cpu_seconds() - cpu_before, time.monotonic() - wall_before
     cache: dict[str, float] = {}
     if ours:

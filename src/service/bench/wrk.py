@@ -45,12 +45,12 @@ def require_tools() -> None:
 
 
 def command(url: str, bodies: BodySet, *, connections: int, seconds: float, cpu: int,
-            script: Path = LUA_SCRIPT) -> list[str]:
-    """taskset -c CPU wrk -t1 -cN -dS --latency -s bodies.lua URL -- FILE TYPE ROUTE"""
+            start: int = 0, script: Path = LUA_SCRIPT) -> list[str]:
+    """taskset -c CPU wrk -t1 -cN -dS --latency -s bodies.lua URL -- FILE TYPE ROUTE START"""
     return [
         "taskset", "-c", str(cpu), "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
         "--timeout", "10s", "--latency", "-s", str(script), url,
-        "--", str(bodies.path), bodies.content_type, bodies.route,
+        "--", str(bodies.path), bodies.content_type, bodies.route, str(start),
     ]
 
 
@@ -76,8 +76,9 @@ def parse(output: str) -> WrkResult:
     )
 
 
-def run(url: str, bodies: BodySet, *, connections: int, seconds: float, cpu: int) -> WrkResult:
-    argv = command(url, bodies, connections=connections, seconds=seconds, cpu=cpu)
+def run(url: str, bodies: BodySet, *, connections: int, seconds: float, cpu: int,
+        start: int = 0) -> WrkResult:
+    argv = command(url, bodies, connections=connections, seconds=seconds, cpu=cpu, start=start)
     try:
         finished = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     except subprocess.TimeoutExpired as exc:
