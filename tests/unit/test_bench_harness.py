@@ -122,7 +122,10 @@ def test_the_wrk_script_cycles_through_every_body_and_counts_bad_statuses(tmp_pa
     assert result.requests > 5 and result.errors == 0
     assert refused.status_errors == refused.requests > 0
     assert first.requests >= 5 and set(_Recorder.seen) == set(sent)
-    assert _Recorder.seen[:5] == sent[3:] + sent[:3], "starts at START, then cycles in order"
+    # wrk may build one request ahead per connection: the walk starts at START or just after
+    begin = sent.index(_Recorder.seen[0])
+    assert begin in (3, 4), f"started at body {begin}, not at START=3"
+    assert _Recorder.seen[:5] == (sent[begin:] + sent[:begin]), "then cycles in order"
 
 
 def test_a_server_tree_is_measured_and_stopped_as_one_group(tmp_path):
