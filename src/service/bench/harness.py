@@ -30,7 +30,7 @@ from typing import Any
 
 from service.bench import bodies as bodies_module
 from service.bench import wrk
-from service.bench.servers import Server, ServerSpec, free_port, python_command
+from service.bench.servers import Server, ServerSpec, free_port, python_command, stop_all
 from service.bench.wrk import BenchError
 
 log = logging.getLogger(__name__)
@@ -270,8 +270,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         if config.workers > 0 and redis_port is not None:
             memory["workers"] = _worker_memory(config, registry, redis_port, log_dir)
     finally:
-        for server in reversed(list(servers.values())):
-            server.stop()
+        stop_all(list(servers.values()))
     context = _context(config, started, note)
     return assemble(runs, memory, context)
 

@@ -144,27 +144,38 @@ class Server:
             return "(no log)"
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        group = self.process.pid
-        for signum, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signum)
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline and process_group(group):
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.process.wait(timeout=0.1)
-            if not process_group(group):
-                break
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=1)
-        self.process = None
+        stop_all([self])
 
     def __enter__(self) -> Server:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_all(servers: list[Server], grace_s: float = 8.0) -> None:
+    """SIGTERM every server's process group at once, SIGKILL what is left after ``grace_s``."""
+    running = [server for server in servers if server.process is not None]
+    groups = {server.process.pid for server in running if server.process is not None}
+    for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signum)
+        deadline = time.monotonic() + wait_s
+        while groups and time.monotonic() < deadline:
+            for server in running:  # reap the leaders so that their groups can empty
+                if server.process is not None:
+                    server.process.poll()
+            groups = {group for group in groups if process_group(group)}
+            if groups:
+                time.sleep(0.1)
+        if not groups:
+            break
+    for server in running:
+        if server.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.process.wait(timeout=1)
+        server.process = None
 
 
 def python_command(*args: str) -> list[str]:
