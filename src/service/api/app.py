@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None, *, model: ModelManager | None =
     app.state.result_store = None  # filled by the async routes' lifespan
     app.state.broker = None  # filled by the async routes' lifespan
     app.state.ready_checks = {}
-    app.router.routes.extend(predict.FAST_ROUTES)  # the hot path first: see routes/predict.py
+    app.router.routes[:0] = predict.FAST_ROUTES  # the hot path first: see routes/predict.py
     for router in routers:
         app.include_router(router)
     install_error_handlers(app)
