@@ -26,7 +26,12 @@ async def health() -> Response:
 @router.get(
     "/ready",
     response_model=ReadyOut,
-    responses={503: {"model": ReadyOut, "description": "Not ready: no warm model."}},
+    responses={
+        503: {
+            "model": ReadyOut,
+            "description": "Not ready: no warm model (or, enqueue-only, no reachable broker).",
+        }
+    },
     summary="Readiness: model loaded and warm; dependencies ok or degraded",
 )
 async def ready(request: Request) -> Response:
@@ -37,9 +42,9 @@ async def ready(request: Request) -> Response:
     cache_status["redis"] = await state.cache.check()
     checks = {name: await check() for name, check in state.ready_checks.items()}
     batcher = state.batcher
-    if model is None:  # LOAD_MODEL=false: an enqueue-only instance is ready without a model
+    if model is None:  # LOAD_MODEL=false: an enqueue-only instance needs its broker, not a model
         model_status = {"loaded": False, "required": False}
-        serving = True
+        serving = checks.get("broker") == "ok"
     else:
         model_status = {"loaded": model.ready, "warm": model.ready, "version": model.version}
         serving = model.ready and batcher is not None and batcher.running
