@@ -89,7 +89,7 @@ async def test_docs_describe_both_request_forms_and_the_response_fields(registry
         assert path in spec["paths"]
 
 
-async def test_without_a_model_predict_says_so_and_the_instance_is_still_ready(tmp_path):
+async def test_without_a_model_or_a_broker_predict_says_so_and_the_instance_is_not_ready(tmp_path):
     settings = settings_for(tmp_path / "empty-registry", load_model=False)
     async with serving(settings) as (_, client):
         predict = await client.post("/predict", json={"pixels": [0] * 784})
@@ -97,7 +97,7 @@ async def test_without_a_model_predict_says_so_and_the_instance_is_still_ready(t
         info = await client.get("/model-info")
     assert predict.status_code == 503
     assert "LOAD_MODEL=false" in predict.json()["detail"]
-    assert ready.status_code == 200
+    assert ready.status_code == 503  # nothing to answer with: no model, no broker to queue on
     assert ready.json()["model"] == {"loaded": False, "required": False}
     assert info.json()["loaded"] is False
 
