@@ -354,11 +354,21 @@ def _context(config: BenchConfig, started: float, note: str) -> dict[str, Any]:
         "concurrencies": config.concurrencies, "targets": config.targets,
         "server_cpu": config.server_cpu, "client_cpu": config.client_cpu,
         "distinct_bodies": config.distinct, "miss_cache_size": MISS_CACHE_SIZE,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": f"{_cpu_model() or platform.machine()}, {os.cpu_count()} CPUs",
         "python": platform.python_version(), "torch": torch.__version__,
         "load_average_at_end": [round(value, 2) for value in load],
         "note": note,
     }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 # --- aggregation ------------------------------------------------------------------------------
@@ -399,11 +409,11 @@ def _median(rows: list[dict[str, Any]], target: str, concurrency: int, metric: s
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Our median req/s over each other target's, per concurrency."""
+    """Our median JSON req/s over each baseline's, per concurrency."""
     result: dict[str, dict[str, float]] = {}
     for row in rows:
         ours = _median(rows, "ours", row["concurrency"], "requests_per_s")
-        if row["target"] == "ours" or not ours or not row["requests_per_s"]["median"]:
+        if row["target"] not in BASELINE_TARGETS or not ours or not row["requests_per_s"]["median"]:
             continue
         result.setdefault(f"c={row['concurrency']}", {})[f"ours / {row['target']}"] = round(
             ours / row["requests_per_s"]["median"], 2)
