@@ -100,3 +100,29 @@ def test_published_versions_are_not_changed_by_later_publishes(registry, checkpo
     assert registry.checkpoint_path("v1").read_bytes() == b"weights-1"
     assert registry.card("v1")["run_id"] == "first"
     assert json.loads(Path(registry.root, "aliases.json").read_text())["production"] == "v2"
+
+
+def test_exported_artefacts_are_published_beside_the_checkpoint(registry, checkpoint, tmp_path):
+    artefact = tmp_path / "model.0123456789ab.int8.onnx"
+    artefact.write_bytes(b"graph")
+    registry.publish(checkpoint, {}, artefacts=[artefact])
+    folder = registry.checkpoint_path("production").parent
+    assert (folder / artefact.name).read_bytes() == b"graph"
+
+
+def test_an_artefact_may_not_replace_the_checkpoint(registry, checkpoint, tmp_path):
+    impostor = tmp_path / "model.safetensors"
+    impostor.write_bytes(b"not the weights")
+    with pytest.raises(RegistryError, match="overwrite"):
+        registry.publish(checkpoint, {}, artefacts=[impostor])
+    assert registry.versions() == []
+
+
+def test_a_remote_registry_fetches_the_whole_version(tmp_path, checkpoint):
+    remote = Registry(f"memory://{tmp_path.name}/models", "mnist-cnn")
+    artefact = tmp_path / "model.0123456789ab.onnx"
+    artefact.write_bytes(b"graph")
+    remote.publish(checkpoint, {}, artefacts=[artefact])
+    local = remote.checkpoint_path("production")
+    assert local.read_bytes() == b"weights-1"
+    assert (local.parent / artefact.name).read_bytes() == b"graph"

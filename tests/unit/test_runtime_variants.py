@@ -128,6 +128,19 @@ def test_artifact_is_named_by_the_weights_and_reused(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_a_published_version_is_never_written_to_artefacts_go_to_a_cache(tmp_path):
+    from service.release.registry import Registry
+
+    source = save_checkpoint(tmp_path / "run" / "model.safetensors", build_model().eval())
+    registry = Registry(tmp_path / "models")
+    registry.publish(source, {})  # published without its ONNX artefact
+    published = registry.checkpoint_path("production")
+    before = sorted(p.name for p in published.parent.iterdir())
+    path = export.ensure_artifact(load_checkpoint(published), "onnx")
+    assert path.parent != published.parent and path.exists()
+    assert sorted(p.name for p in published.parent.iterdir()) == before
+
+
 def test_check_variant_fails_below_the_required_agreement(trained_checkpoint, digits):
     report = export.check_variant(trained_checkpoint, "onnx", normalize(digits[0]),
                                   min_agreement=1.01)

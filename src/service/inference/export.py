@@ -3,8 +3,10 @@
 Artefacts live next to the checkpoint they came from and are named by its weights checksum
 (``model.3f2a9c1d04b7.int8.onnx``), so a file that exists is the right one: a new checkpoint
 gets a new name, and several workers building the same file at once write the same bytes
-(each to a temporary file, then an atomic rename). Where the checkpoint's folder is read-only,
-they go to a cache folder under the system temp directory instead.
+(each to a temporary file, then an atomic rename). The release gate builds them in the run
+folder and ``lab2prod release`` publishes them with the version; a registry version is never
+written to afterwards, so a missing artefact (a version published without one) is built in a
+cache folder under the system temp directory, as it is when the folder is read-only.
 
 ``check_variant`` is what the release gate calls: export the variant the service will run,
 run it and eager PyTorch over the same digits, and report agreement and accuracy.
@@ -27,6 +29,7 @@ import torch
 
 from service.ml.checkpoint import LoadedCheckpoint, load_checkpoint
 from service.ml.preprocess import normalize
+from service.release.registry import CARD_FILE
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,11 @@ def artifact_path(checkpoint: LoadedCheckpoint, variant: str) -> Path:
     digest = str(checkpoint.metadata.get("weights_sha256", "")).removeprefix("sha256:")[:12]
     name = f"{checkpoint.path.stem}.{digest or 'unhashed'}{suffix}"
     folder = checkpoint.path.parent
-    if not os.access(folder, os.W_OK) and not (folder / name).exists():
+    if (folder / name).exists():
+        return folder / name
+    # A registry version is immutable once published (its artefacts come with it from the
+    # release); a read-only folder cannot take one either: build those in a cache folder.
+    if (folder / CARD_FILE).exists() or not os.access(folder, os.W_OK):
         folder = Path(tempfile.gettempdir()) / "lab2prod-artifacts"
     return folder / name
 

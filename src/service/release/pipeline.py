@@ -308,8 +308,10 @@ def _publish(
     card["gate"] = verdict.as_dict()
     expected = champion["version"] if champion else None
     try:
+        # Runtimes the gate exported and checked (serving_runtime) travel with the version.
+        artefacts = sorted(checkpoint.parent.glob(f"{checkpoint.stem}.*.onnx"))
         version = registry.publish(checkpoint, card, aliases=(alias,),
-                                   expect={champion_alias: expected})
+                                   expect={champion_alias: expected}, artefacts=artefacts)
     except RegistryError as exc:
         verdict.criteria.append(CriterionResult(
             name="champion_unchanged",

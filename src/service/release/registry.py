@@ -19,7 +19,7 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -97,12 +97,15 @@ class Registry:
         remote = f"{self.root}/{version}/{CHECKPOINT_FILE}"
         if self.is_local:
             return Path(remote)
-        cached = _remote_lock_dir(self.url) / self.model_name / version / CHECKPOINT_FILE
-        if not cached.exists():
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            partial = cached.with_suffix(f".{uuid.uuid4().hex}.part")
-            self.fs.get_file(remote, str(partial))
-            os.replace(partial, cached)
+        folder = _remote_lock_dir(self.url) / self.model_name / version
+        cached = folder / CHECKPOINT_FILE
+        if not cached.exists():  # the whole version (checkpoint last: its presence means done)
+            folder.mkdir(parents=True, exist_ok=True)
+            files = [Path(name).name for name in self.fs.ls(remote.rsplit("/", 1)[0], detail=False)]
+            for name in sorted(files, key=lambda name: name == CHECKPOINT_FILE):
+                partial = folder / f".{name}.{uuid.uuid4().hex}.part"
+                self.fs.get_file(f"{self.root}/{version}/{name}", str(partial))
+                os.replace(partial, folder / name)
         return cached
 
     # --- writing -----------------------------------------------------------------------------
@@ -114,8 +117,13 @@ class Registry:
         *,
         aliases: tuple[str, ...] = (PRODUCTION,),
         expect: dict[str, str | None] | None = None,
+        artefacts: Sequence[str | Path] = (),
     ) -> str:
         """Copy a checkpoint in as the next version and move ``aliases`` to it; returns the version.
+
+        ``artefacts`` (exported runtimes such as ``model.<sha>.int8.onnx``, checked by the gate)
+        are published beside the checkpoint under their own names, so serving never has to
+        build them and a version's folder never changes after publishing.
 
         ``expect`` ({alias: version or None}) makes the publish conditional: when an alias no
         longer names what the caller compared against (another release moved it meanwhile),
@@ -144,6 +152,10 @@ class Registry:
             }
             self.fs.makedirs(staging, exist_ok=True)
             self.fs.put_file(str(checkpoint), f"{staging}/{CHECKPOINT_FILE}")
+            for artefact in map(Path, artefacts):
+                if artefact.name in (CHECKPOINT_FILE, CARD_FILE):
+                    raise RegistryError(f"artefact {artefact} would overwrite the version's {artefact.name}")
+                self.fs.put_file(str(artefact), f"{staging}/{artefact.name}")
             self.fs.pipe_file(f"{staging}/{CARD_FILE}", json.dumps(full_card, indent=2).encode())
             self.fs.mv(staging, f"{self.root}/{version}", recursive=True)
             for alias in aliases:
