@@ -154,7 +154,9 @@ class Registry:
             self.fs.put_file(str(checkpoint), f"{staging}/{CHECKPOINT_FILE}")
             for artefact in map(Path, artefacts):
                 if artefact.name in (CHECKPOINT_FILE, CARD_FILE):
-                    raise RegistryError(f"artefact {artefact} would overwrite the version's {artefact.name}")
+                    raise RegistryError(
+                        f"artefact {artefact} would overwrite the version's {artefact.name}"
+                    )
                 self.fs.put_file(str(artefact), f"{staging}/{artefact.name}")
             self.fs.pipe_file(f"{staging}/{CARD_FILE}", json.dumps(full_card, indent=2).encode())
             self.fs.mv(staging, f"{self.root}/{version}", recursive=True)
