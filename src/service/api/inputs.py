@@ -9,9 +9,11 @@ with orjson and checked with numpy, which is what keeps the hot path cheap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import io
 import warnings
+from array import array as typed_array
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
@@ -70,6 +72,12 @@ def digit_from_pixels(pixels: object, *, may_hold_bools: bool = True) -> np.ndar
     they parsed has no ``true`` or ``false`` anywhere (the scan is a quarter of the parse).
     """
     if isinstance(pixels, list):
+        if not may_hold_bools and len(pixels) == IMAGE_PIXELS:
+            # The usual body, 784 ints in 0..255, in one C loop that also checks type and range
+            # (half the time of the numpy path below, which handles everything else).
+            with contextlib.suppress(TypeError, OverflowError):
+                flat = np.frombuffer(typed_array("B", pixels), dtype=np.uint8)
+                return flat.reshape(IMAGE_SIDE, IMAGE_SIDE)
         try:
             array = np.array(pixels)
         except (ValueError, TypeError, OverflowError):
