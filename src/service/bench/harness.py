@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import statistics
 import time
 import urllib.request
@@ -271,6 +272,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
             memory["workers"] = _worker_memory(config, registry, redis_port, log_dir)
     finally:
         stop_all(list(servers.values()))
+        shutil.rmtree(run_dir / "bodies", ignore_errors=True)  # tens of MB a run; logs stay
     context = _context(config, started, note)
     return assemble(runs, memory, context)
 
