@@ -190,6 +190,8 @@ def calibration_digits(metadata: dict[str, Any], count: int = CALIBRATION_DIGITS
     from service.settings import get_settings
 
     described = metadata.get("dataset") or {}
+    if isinstance(described, str):  # hand-made checkpoints may name the dataset only
+        described = {"name": described}
     name = described.get("name") or "mnist-5k"
     folder = (described.get("split") or {}).get("folder") or get_settings().data_dir
     dataset = load_dataset(name, folder if name != "mnist-5k" else None)

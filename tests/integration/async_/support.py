@@ -153,7 +153,7 @@ def held_out_digits(count: int) -> tuple[np.ndarray, np.ndarray]:
 
 def direct_predictions(checkpoint: Path, images: np.ndarray) -> np.ndarray:
     """What the model says for ``images`` when called directly: the reference for every route."""
-    model = load_runtime(checkpoint, device="cpu")
+    model = load_runtime(checkpoint, runtime="eager", device="cpu")
     return model.runtime.predict_proba(normalize(images, model.normalization)).argmax(axis=1)
 
 

@@ -31,12 +31,21 @@ async def publish_all(amqp_url: str, queue_name: str, images: np.ndarray) -> lis
 
 
 async def wait_for_results(
-    store: RedisResultStore, ids: list[str], at_least: int, timeout: float
+    store: RedisResultStore,
+    ids: list[str],
+    at_least: int,
+    timeout: float,
+    written_by: int | None = None,
 ) -> list[JobResult | None]:
+    """Wait for ``at_least`` final results (and, with ``written_by``, one from that pid)."""
     deadline = time.monotonic() + timeout
     while True:
         records = await store.get_many(ids)
-        if sum(r is not None and r.final for r in records) >= at_least:
+        finals = [r for r in records if r is not None and r.final]
+        if len(finals) >= at_least and (
+            written_by is None
+            or any((r.worker or "").endswith(f":{written_by}") for r in finals)
+        ):
             return records
         if time.monotonic() > deadline:
             done = sum(r is not None and r.final for r in records)
@@ -68,7 +77,8 @@ async def test_a_worker_killed_mid_run_loses_nothing_and_every_job_finishes_exac
     survivor = support.start_worker(env, tmp_path / "survivor.log")
     restarted = None
     try:
-        before = await wait_for_results(store, ids, at_least=50, timeout=120)
+        # Kill the victim only once it is consuming, so it holds unacked deliveries.
+        before = await wait_for_results(store, ids, at_least=50, timeout=120, written_by=victim.pid)
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
         finished_at_kill = sum(r is not None and r.final for r in before)
