@@ -8,9 +8,7 @@ of the whole run with the gate's verdict. The registry is written only when the 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import time
 import uuid
@@ -20,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from service.ml.records import write_json
 from service.provenance import git_state, library_versions
 from service.release.gate import (
     CriterionResult,
@@ -128,7 +127,7 @@ def run_release(
         "registry": {"url": registry.url, "model": registry.model_name, "alias": alias},
         "serving": {"runtime": settings.runtime, "device": settings.device},
     }
-    _write_json(run_dir / RUN_RECORD, record)
+    write_json(run_dir / RUN_RECORD, record)
     log.info("run %s in %s (champion: %s)", run_id, run_dir,
              champion["version"] if champion else "none, first release")
 
@@ -191,7 +190,7 @@ def run_release(
     timings["total_s"] = round(time.perf_counter() - started, 3)
     record["timings"] = timings
     record["finished_at"] = datetime.now(UTC).isoformat()
-    _write_json(run_dir / RUN_RECORD, record)
+    write_json(run_dir / RUN_RECORD, record)
     return ReleaseResult(run_id, run_dir, record, verdict, version)
 
 
@@ -331,9 +330,3 @@ def _publish(
         detail="checked under the registry lock",
     ))
     return version
-
-
-def _write_json(path: Path, document: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    os.replace(temporary, temporary.with_name(path.name))
