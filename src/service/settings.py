@@ -67,7 +67,9 @@ class Settings(BaseSettings):
 
     # --- caching ---
     redis_url: str | None = Field(None, description="Redis tier of the cache and result store.")
-    cache_size: int = Field(10_000, ge=0, description="In-process LRU entries (0 disables).")
+    cache_size: int = Field(
+        10_000, ge=0, description="In-process LRU entries (0 disables); a /predict answer uses two."
+    )
     cache_ttl_s: int = Field(3600, ge=1)
     redis_timeout_s: float = Field(0.05, gt=0, description="Per-call Redis timeout.")
     breaker_failures: int = Field(3, ge=1, description="Failures that open the circuit.")

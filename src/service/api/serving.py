@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import numpy as np
 
+from service.api.inputs import Payload
 from service.inference.batcher import BatcherClosed, MicroBatcher, QueueFull
 from service.inference.cache import PredictionCache, cache_key
 from service.inference.model_manager import ModelManager, ModelNotLoaded, Overloaded, Prediction
@@ -40,17 +41,53 @@ async def predict_digit(
     timeout_s: float,
 ) -> tuple[bytes, bool]:
     """One digit -> (prediction JSON, served from cache?)."""
+    body, hit, _ = await _predict_one(digit, model.version, batcher, cache, timeout_s)
+    return body, hit
+
+
+async def predict_payload(
+    payload: Payload,
+    parse: Callable[[Payload], Awaitable[np.ndarray]],
+    *,
+    model: ModelManager,
+    batcher: MicroBatcher[np.ndarray, Prediction],
+    cache: PredictionCache,
+    timeout_s: float,
+) -> tuple[bytes, bool]:
+    """A request's raw input -> (prediction JSON, served from cache?).
+
+    Two cache keys: the exact bytes sent (a repeated request is answered before it is parsed
+    or decoded) and, once parsed, the digit (the same digit as JSON or as a PNG shares an
+    entry). Both are stored under the version that computed the answer."""
     version = model.version
+    if version is not None:
+        cached = await cache.get(f"{version}:{payload.fingerprint}")
+        if cached is not None:
+            return cached, True
+    digit = await parse(payload)
+    body, hit, served_by = await _predict_one(digit, version, batcher, cache, timeout_s)
+    cache.put(f"{served_by}:{payload.fingerprint}", body)
+    return body, hit
+
+
+async def _predict_one(
+    digit: np.ndarray,
+    version: str | None,
+    batcher: MicroBatcher[np.ndarray, Prediction],
+    cache: PredictionCache,
+    timeout_s: float,
+) -> tuple[bytes, bool, str]:
+    """(prediction JSON, from cache?, the version whose answer it is)."""
     key = cache_key(version, digit) if version is not None else None
     if key is not None:
         cached = await cache.get(key)
         if cached is not None:
-            return cached, True
+            return cached, True, version  # type: ignore[return-value]
     prediction = await _run(batcher.submit(digit), timeout_s)
     if prediction.model_version != version or key is None:
         key = cache_key(prediction.model_version, digit)
     cache.put(key, prediction.body)
-    return prediction.body, False
+    return prediction.body, False, prediction.model_version
 
 
 async def predict_digits(

@@ -1,7 +1,9 @@
 """Prediction cache: an in-process LRU, and a Redis tier when REDIS_URL is set.
 
-Key = model version + a hash of the normalised uint8 28x28 input, so the same digit sent as JSON
-or uploaded as a PNG hits the same entry, and a new model version never serves an old answer.
+Keys start with the model version, so a new version never serves an old answer. /predict files
+each answer twice: under a hash of the normalised uint8 28x28 input (``cache_key``: the same
+digit sent as JSON or uploaded as a PNG hits the same entry) and under a hash of the exact
+request bytes (``Payload.fingerprint``: a repeat is answered before it is parsed or decoded).
 Values are the prediction's JSON bytes, served as they are.
 
 Redis is optional and never allowed to slow the service down: every call has a short timeout

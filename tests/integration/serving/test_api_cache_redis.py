@@ -67,16 +67,17 @@ async def test_a_prediction_cached_by_one_instance_is_a_hit_for_another(registry
     settings = redis_settings(registry_dir, redis_server)
     async with serving(settings) as (_, first):
         miss = await first.post("/predict", json={"pixels": pixels})
-        await wait_for_keys(redis_server, 1)
+        await wait_for_keys(redis_server, 2)  # the digit's key and the request bytes' key
     async with serving(settings) as (_, second):  # a fresh process-local LRU
         hit = await second.post("/predict", json={"pixels": pixels})
         metrics = (await second.get("/metrics")).text
     assert miss.headers["x-cache"] == "miss" and hit.headers["x-cache"] == "hit"
     assert hit.json() == miss.json()
     client = redis_server.client()
-    (key,) = client.keys("*")
-    assert key.decode().startswith("lab2prod:prediction:mnist-cnn:v1:")
-    assert 0 < client.ttl(key) <= 120
+    keys = sorted(key.decode() for key in client.keys("*"))
+    prefix = "lab2prod:prediction:mnist-cnn:v1:"
+    assert [key.removeprefix(prefix).startswith("json:") for key in keys] == [False, True]
+    assert all(key.startswith(prefix) and 0 < client.ttl(key) <= 120 for key in keys)
     assert metric(metrics, 'lab2prod_cache_requests_total{result="hit",tier="redis"}') >= 1
 
 

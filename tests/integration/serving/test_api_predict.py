@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from serving_support import encode, render_upload, serving, settings_for
 
+from service.api.routes import predict as predict_routes
 from service.ml.data import load_dataset
 from service.ml.preprocess import image_to_mnist
 
@@ -72,6 +73,31 @@ async def test_the_same_digit_as_json_and_as_png_shares_one_cache_entry(registry
     assert (pixels.headers["x-cache"], image.headers["x-cache"]) == ("miss", "hit")
     assert raw.headers["x-cache"] == "hit", "a raw image body is the same digit too"
     assert same.json() == png.json()
+
+
+async def test_a_repeated_request_is_answered_from_its_bytes_before_any_parsing(
+    registry_dir, digits, monkeypatch
+):
+    images, _ = digits
+    parsed: list[str] = []
+    real_parse = predict_routes.digit_from_payload
+
+    async def counting_parse(payload, **limits):
+        parsed.append(payload.kind)
+        return await real_parse(payload, **limits)
+
+    monkeypatch.setattr(predict_routes, "digit_from_payload", counting_parse)
+    png = encode(Image.fromarray(images[5]).resize((90, 90)))
+    async with serving(settings_for(registry_dir)) as (_, client):
+        first = await client.post("/predict", json={"pixels": images[4].ravel().tolist()})
+        again = await client.post("/predict", json={"pixels": images[4].ravel().tolist()})
+        upload = await client.post("/predict", files={"file": ("a.png", png, "image/png")})
+        # Another multipart boundary and file name around the same image bytes.
+        reupload = await client.post("/predict", files={"file": ("b.png", png, "image/png")})
+    answers = [first, again, upload, reupload]
+    assert [answer.headers["x-cache"] for answer in answers] == ["miss", "hit", "miss", "hit"]
+    assert again.json() == first.json() and reupload.json() == upload.json()
+    assert parsed == ["json", "image"], "a repeat is answered without parsing or decoding"
 
 
 async def test_a_trained_model_reads_uploaded_digits(trained_checkpoint, tmp_path, digits):

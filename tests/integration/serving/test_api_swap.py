@@ -54,6 +54,21 @@ async def test_publishing_v2_swaps_models_under_load_without_a_single_failure(
     assert 'lab2prod_model_reloads_total{result="ok"}' in metrics
 
 
+async def test_after_a_swap_a_repeated_request_is_answered_by_the_new_version(
+    registry_dir, checkpoints
+):
+    pixels = np.random.default_rng(11).integers(0, 256, 784).tolist()
+    settings = settings_for(registry_dir, model_poll_interval_s=0.1)
+    async with serving(settings) as (_, client):
+        before = await client.post("/predict", json={"pixels": pixels})
+        cached = await client.post("/predict", json={"pixels": pixels})
+        publish(registry_dir, checkpoints["v2"])
+        await wait_for_version(client, "v2")
+        after = await client.post("/predict", json={"pixels": pixels})
+    assert (before.json()["model_version"], cached.headers["x-cache"]) == ("v1", "hit")
+    assert (after.json()["model_version"], after.headers["x-cache"]) == ("v2", "miss")
+
+
 async def test_a_broken_new_version_is_refused_and_the_old_one_keeps_serving(
     registry_dir, tmp_path, checkpoints, caplog
 ):

@@ -11,13 +11,20 @@ the same way if FAST_ROUTES is left out.
 
 from __future__ import annotations
 
+import functools
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
 from service.api.deps import get_app_settings, get_batcher, get_cache, get_model
-from service.api.inputs import digit_from_request, digits_from_batch_json, read_body
+from service.api.inputs import (
+    digit_from_payload,
+    digits_from_batch_json,
+    payload_from_request,
+    read_body,
+)
 from service.api.schemas import (
     BATCH_REQUEST_DOC,
     ERRORS_DOC,
@@ -25,7 +32,7 @@ from service.api.schemas import (
     BatchOut,
     PredictionOut,
 )
-from service.api.serving import predict_digit, predict_digits
+from service.api.serving import predict_digits, predict_payload
 
 router = APIRouter(tags=["predict"])
 JSON = "application/json"
@@ -44,11 +51,14 @@ async def predict(request: Request) -> Response:
     """JSON `{"pixels": [...]}` or multipart field `file`; header `X-Cache: hit|miss`."""
     model, batcher = await get_model(request), await get_batcher(request)
     cache, settings = await get_cache(request), await get_app_settings(request)
-    digit = await digit_from_request(
-        request, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels
+    payload = await payload_from_request(request, max_bytes=settings.max_upload_bytes)
+    parse = functools.partial(
+        digit_from_payload, max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_image_pixels,
     )
-    body, hit = await predict_digit(
-        digit, model=model, batcher=batcher, cache=cache, timeout_s=settings.request_timeout_s
+    body, hit = await predict_payload(
+        payload, parse, model=model, batcher=batcher, cache=cache,
+        timeout_s=settings.request_timeout_s,
     )
     return Response(body, media_type=JSON, headers=HIT if hit else MISS)
 
