@@ -19,8 +19,10 @@ from service.bench.harness import (
     assemble,
     check_targets,
     parse_cache_counters,
+    png_ceiling,
     ratios,
     summarise,
+    upload_costs,
 )
 from service.bench.servers import Server, ServerSpec, process_group
 
@@ -206,6 +208,22 @@ def test_ratios_and_targets_compare_medians():
     assert checks["c=64 PNG vs our JSON"]["passed"] is True
 
 
+def test_the_png_ceiling_is_a_json_request_over_that_plus_decoding_an_upload():
+    rows = summarise(sample_runs())  # ours at c=64: 2,000 req/s on 0.98 of a core = 0.49 ms
+    bound = png_ceiling(rows, {"decode_ms": 0.49, "image_path_ms": 0.7})
+    assert bound == {"json_cpu_ms": 0.49, "decode_ms": 0.49, "image_path_ms": 0.7,
+                     "ceiling": 0.5}
+    assert png_ceiling(rows, {}) is None, "no PNG target in the run: no ceiling"
+
+
+def test_upload_costs_decode_the_bench_pngs_on_the_servers_core(tmp_path):
+    sets = bodies.build_body_sets(tmp_path, distinct=4, png_count=6, batch_bodies=1,
+                                  batch_items=2)
+    costs = upload_costs(sets["png"], cpu=0)
+    assert costs["uploads"] == 6
+    assert costs["decode_ms"] > 0 and costs["image_path_ms"] > 0
+
+
 def test_report_writes_json_markdown_chart_and_the_readme_block(tmp_path):
     context = {"started": "2026-01-01T00:00:00", "server_cpu": 0, "client_cpu": 1, "rounds": 3,
                "seconds_per_point": 5, "distinct_bodies": 2048, "miss_cache_size": 256,
@@ -215,7 +233,7 @@ def test_report_writes_json_markdown_chart_and_the_readme_block(tmp_path):
                           "total": {"rss_bytes": 2**30, "pss_bytes": 2**29, "processes": 3},
                           "workers_only": {"rss_bytes": 2**30, "pss_bytes": 2**29,
                                            "processes": 2}}}
-    data = assemble(sample_runs(), memory, context)
+    data = assemble(sample_runs(), memory, context, {"decode_ms": 0.4, "image_path_ms": 0.6})
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\nbefore\n{report.README_START}\nold\n{report.README_END}\nafter\n")
     paths = report.write(data, tmp_path / "out", readme)
@@ -228,6 +246,7 @@ def test_report_writes_json_markdown_chart_and_the_readme_block(tmp_path):
     assert paths["png"].read_bytes().startswith(b"\x89PNG")
     updated = readme.read_text()
     assert "old" not in updated and "before" in updated and "after" in updated
+    assert "PNG could reach at most **0.55x** our JSON throughput" in updated
     assert "c=64 JSON req/s vs tutorial | 2.22 | >= 2.0x | yes |" in updated
     assert "| ours | 900, 1.0/10 | 1,300, 1.0/10 | 2,000, 1.0/40 |" in updated
 

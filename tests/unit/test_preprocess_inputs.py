@@ -6,10 +6,12 @@ import io
 import struct
 import zlib
 
+import httpx
 import numpy as np
 import orjson
 import pytest
 from PIL import Image
+from starlette.requests import Request
 
 from service.api.inputs import (
     InputError,
@@ -17,6 +19,8 @@ from service.api.inputs import (
     digit_from_json,
     digit_from_pixels,
     digits_from_batch_json,
+    read_upload,
+    single_file_part,
 )
 from service.ml.preprocess import pixels_to_array
 
@@ -167,3 +171,80 @@ def test_a_blank_image_says_no_digit_was_found():
     with pytest.raises(InputError, match="no digit found") as blank:
         digit_from_image(png_bytes(Image.new("RGB", (64, 64), "white")), max_pixels=LIMIT)
     assert blank.value.status_code == 422
+
+
+# --- multipart uploads: the slicing fast path and Starlette's parser agree ----------------------
+
+BOUNDARY = b"lab2prod-test-boundary"
+
+
+def part(name: str, data: bytes, filename: str | None = "digit.png",
+         content_type: str | None = "image/png") -> bytes:
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+    headers = f"Content-Disposition: {disposition}\r\n"
+    if content_type:
+        headers += f"Content-Type: {content_type}\r\n"
+    return b"--" + BOUNDARY + b"\r\n" + headers.encode() + b"\r\n" + data + b"\r\n"
+
+
+def closing() -> bytes:
+    return b"--" + BOUNDARY + b"--\r\n"
+
+
+def request_for(body: bytes, content_type: str) -> Request:
+    scope = {"type": "http", "method": "POST", "path": "/predict", "query_string": b"",
+             "headers": [(b"content-type", content_type.encode()),
+                         (b"content-length", str(len(body)).encode())]}
+    sent = False
+
+    async def receive() -> dict[str, object]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(scope, receive)
+
+
+async def test_a_client_library_upload_is_sliced_to_the_same_bytes_and_type():
+    image = png_bytes(Image.new("L", (40, 40), 255))
+    sent = httpx.Request("POST", "http://x/predict", files={"file": ("d.png", image, "image/png")})
+    content_type = sent.headers["content-type"]
+    body = sent.read()
+    boundary = content_type.split("boundary=")[1].encode()
+    assert single_file_part(body, boundary) == (image, "image/png")
+    assert await read_upload(request_for(body, content_type), LIMIT) == (image, "image/png")
+
+
+# What Starlette's full parser makes of each layout the fast path declines: the file's bytes,
+# or the status of the refusal.
+DECLINED_LAYOUTS = {
+    "two parts": 200, "an epilogue": 200, "a boundary inside the data": 200,
+    "a preamble": 400, "another field name": 422, "no filename": 422,
+    "no closing delimiter": 422,
+}
+
+
+@pytest.mark.parametrize("layout", DECLINED_LAYOUTS)
+async def test_anything_but_one_file_part_goes_to_the_full_parser(layout):
+    image = png_bytes(Image.new("L", (30, 30), 0))
+    body = {
+        "two parts": part("note", b"hello", filename=None, content_type=None)
+        + part("file", image) + closing(),
+        "an epilogue": part("file", image) + closing() + b"trailing words",
+        "a boundary inside the data": part("file", image + b"--" + BOUNDARY) + closing(),
+        "a preamble": b"ignored preamble\r\n" + part("file", image) + closing(),
+        "another field name": part("upload", image) + closing(),
+        "no filename": part("file", image, filename=None) + closing(),
+        "no closing delimiter": part("file", image),
+    }[layout]
+    content_type = f"multipart/form-data; boundary={BOUNDARY.decode()}"
+    assert single_file_part(body, BOUNDARY) is None
+    try:
+        data, declared = await read_upload(request_for(body, content_type), LIMIT)
+    except InputError as error:
+        assert error.status_code == DECLINED_LAYOUTS[layout]
+    else:
+        assert DECLINED_LAYOUTS[layout] == 200
+        assert data.startswith(image) and declared == "image/png"

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 from PIL import Image, UnidentifiedImageError
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
@@ -354,6 +355,12 @@ async def digit_from_request(request: Request, *, max_bytes: int, max_pixels: in
 async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str | None]:
     """The bytes and declared type of the multipart field ``file`` (413 past the limit)."""
     body = await read_body(request, max_bytes + MULTIPART_OVERHEAD)
+    _, options = parse_options_header(request.headers.get("content-type", ""))
+    boundary = options.get(b"boundary")
+    if boundary:
+        single = single_file_part(body, boundary)
+        if single is not None:
+            return single
 
     async def stream() -> AsyncIterator[bytes]:
         yield body
@@ -376,3 +383,41 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str | No
         return data, upload.content_type
     finally:
         await form.close()
+
+
+def single_file_part(body: bytes, boundary: bytes) -> tuple[bytes, str | None] | None:
+    """The usual upload, one file part named ``file`` and nothing else, read by slicing.
+
+    Returns (bytes, declared type), or None for anything else (other or more parts, a preamble,
+    an epilogue, unusual framing): the caller then runs the full multipart parser, which also
+    words the errors. Starlette's parser costs about 60 µs an upload, a tenth of the PNG path
+    (issue 6); this costs a few."""
+    delimiter = b"--" + boundary
+    headers_start = len(delimiter) + 2
+    if not body.startswith(delimiter + b"\r\n"):
+        return None
+    headers_end = body.find(b"\r\n\r\n", headers_start)
+    closing = body.rfind(b"\r\n" + delimiter + b"--")
+    if headers_end < 0 or closing < headers_end:
+        return None
+    if body[closing + len(delimiter) + 4 :] not in (b"", b"\r\n"):
+        return None
+    data = body[headers_end + 4 : closing]
+    if delimiter in data:  # a second part
+        return None
+    disposition: dict[bytes, bytes] | None = None
+    part_type: str | None = None
+    for line in body[headers_start:headers_end].split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if not colon:
+            return None
+        name = name.strip().lower()
+        if name == b"content-disposition":
+            kind, disposition = parse_options_header(value)
+            if kind != b"form-data":
+                return None
+        elif name == b"content-type":
+            part_type = value.strip().decode("latin-1")
+    if disposition is None or disposition.get(b"name") != b"file" or b"filename" not in disposition:
+        return None  # not a file named "file": the full parser says what it is
+    return data, part_type

@@ -17,6 +17,7 @@ distinct bodies (2,048), so an LRU can never hit; /metrics cache counters prove 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import statistics
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "ours-hit-memory": ("ours", "json-same"),
     "ours-hit-redis": ("ours-redis", "json-same"),
 }
+MAX_BENCH_PIXELS = 400 * 400  # the largest PNG upload the bench sends
 MISS_CACHE_SIZE = 256  # < the number of distinct bodies: a cycling LRU never hits
 
 
@@ -229,6 +232,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     servers: dict[str, Server] = {}
     memory: dict[str, Any] = {}
     runs: list[Run] = []
+    uploads: dict[str, float] = {}
     cursor = Cursor()
     try:
         redis_port = None
@@ -270,11 +274,50 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
             memory[name]["after_load"] = servers[name].memory()
         if config.workers > 0 and redis_port is not None:
             memory["workers"] = _worker_memory(config, registry, redis_port, log_dir)
+        if "ours-png" in config.targets:
+            uploads = upload_costs(body_sets["png"], config.server_cpu)
     finally:
         stop_all(list(servers.values()))
         shutil.rmtree(run_dir / "bodies", ignore_errors=True)  # tens of MB a run; logs stay
     context = _context(config, started, note)
-    return assemble(runs, memory, context)
+    return assemble(runs, memory, context, uploads)
+
+
+def upload_costs(body_set: bodies_module.BodySet, cpu: int, limit: int = 512) -> dict[str, float]:
+    """CPU milliseconds per PNG upload of the bench, measured in this process on the servers'
+    core while they idle: Pillow decoding alone, and our whole image path (header checks,
+    decoding, preprocessing). Decoding is the floor under the PNG figure (issue 6)."""
+    from PIL import Image
+
+    from service.api.inputs import digit_from_image
+
+    files = [body.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]
+             for body in bodies_module.read_bodies(body_set.path)[:limit]]
+
+    def decode(data: bytes) -> None:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+
+    def image_path(data: bytes) -> None:
+        digit_from_image(data, max_pixels=MAX_BENCH_PIXELS, content_type="image/png")
+
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        costs = {name: _cpu_ms_per_call(work, files)
+                 for name, work in (("decode_ms", decode), ("image_path_ms", image_path))}
+    finally:
+        os.sched_setaffinity(0, previous)
+    return {**costs, "uploads": len(files)}
+
+
+def _cpu_ms_per_call(work: Callable[[bytes], None], inputs: list[bytes]) -> float:
+    for data in inputs[:20]:  # warm caches and lazy imports
+        work(data)
+    started = time.process_time()
+    for data in inputs:
+        work(data)
+    return round(1000 * (time.process_time() - started) / len(inputs), 4)
 
 
 class Cursor:
@@ -454,7 +497,21 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return checks
 
 
-def assemble(runs: list[Run], memory: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+def png_ceiling(rows: list[dict[str, Any]], uploads: dict[str, float]) -> dict[str, float] | None:
+    """The most PNG can reach against our JSON at c=64 if everything but decoding were free:
+    JSON's CPU per request over (that + decoding an upload)."""
+    json_cpu_ms = _median(rows, "ours", 64, "cpu_ms_per_request")
+    decode_ms = uploads.get("decode_ms")
+    if not json_cpu_ms or not decode_ms:
+        return None
+    return {"json_cpu_ms": json_cpu_ms, "decode_ms": decode_ms,
+            "image_path_ms": uploads.get("image_path_ms", 0.0),
+            "ceiling": round(json_cpu_ms / (json_cpu_ms + decode_ms), 3)}
+
+
+def assemble(runs: list[Run], memory: dict[str, Any], context: dict[str, Any],
+             uploads: dict[str, float] | None = None) -> dict[str, Any]:
     rows = summarise(runs)
     return {"context": context, "summary": rows, "ratios": ratios(rows),
-            "targets": check_targets(rows), "memory": memory, "runs": [asdict(r) for r in runs]}
+            "targets": check_targets(rows), "png_ceiling": png_ceiling(rows, uploads or {}),
+            "memory": memory, "runs": [asdict(r) for r in runs]}

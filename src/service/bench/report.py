@@ -69,6 +69,18 @@ def targets_table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def png_ceiling_line(data: dict[str, Any]) -> str:
+    """Why the PNG figure stops where it does: decoding alone, against our whole JSON request."""
+    bound = data.get("png_ceiling")
+    if not bound:
+        return ""
+    return (f"- PNG ceiling: decoding an upload (Pillow, same core) costs {bound['decode_ms']:.2f} "
+            f"ms of CPU and our whole image path {bound['image_path_ms']:.2f} ms, against "
+            f"{bound['json_cpu_ms']:.2f} ms for an entire JSON request at c=64; even if "
+            f"everything but decoding were free, PNG could reach at most "
+            f"**{bound['ceiling']:.2f}x** our JSON throughput.")
+
+
 def memory_table(data: dict[str, Any]) -> str:
     lines = ["| process(es) | RSS MiB | PSS MiB | processes |", "|---|---:|---:|---:|"]
     for name, entry in data["memory"].items():
@@ -108,6 +120,8 @@ def markdown(data: dict[str, Any]) -> str:
         "## Targets (issue 6)",
         "",
         targets_table(data),
+        "",
+        png_ceiling_line(data),
         "",
         "## Our throughput over each baseline (median req/s)",
         "",
@@ -205,6 +219,7 @@ def update_readme(readme: Path, data: dict[str, Any]) -> bool:
         *ratio_lines,
         "",
         targets_table(data),
+        *(["", png_ceiling_line(data)] if data.get("png_ceiling") else []),
         README_END,
     ])
     readme.write_text(head + block + tail)
