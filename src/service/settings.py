@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     worker_batch_size: int = Field(32, ge=1)
     worker_batch_wait_ms: float = Field(5.0, ge=0)
     max_attempts: int = Field(3, ge=1, description="Deliveries before a job is dead-lettered.")
+    dead_letter_ttl_s: int = Field(
+        7 * 24 * 3600, ge=1,
+        description="How long RabbitMQ keeps a dead-lettered message for inspection.",
+    )
     worker_metrics_port: int = Field(0, ge=0, description="Prometheus port of a worker (0: off).")
     ws_max_in_flight: int = Field(32, ge=1, description="Per-connection WebSocket backpressure.")
 

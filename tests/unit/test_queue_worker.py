@@ -124,6 +124,22 @@ async def test_stop_finishes_every_delivery_already_received():
     assert [r.status for r in results] == [JobStatus.DONE] * 40
 
 
+async def test_deliveries_that_land_behind_the_stop_marker_are_finished_too():
+    broker, store, model = InProcessBroker(), MemoryResultStore(60), SumModulo10()
+    early, late = [job_for(1), job_for(2)], [job_for(3), job_for(4), job_for(5)]
+    for job in early:
+        await broker.publish(job)
+    worker = JobWorker(await broker.start_consuming(8), store, model, batch_size=2)
+    worker.stop()
+    for job in late:  # on the wire when consuming stopped: queued after the stop marker
+        await broker.publish(job)
+    await asyncio.wait_for(worker.run(), 5)
+    assert [await store.get(j.inference_id) for j in late] == [None] * 3
+    await asyncio.wait_for(worker.finish_received(), 5)
+    results = await store.get_many([j.inference_id for j in early + late])
+    assert [r.status for r in results] == [JobStatus.DONE] * 5
+
+
 class FlakyStore(MemoryResultStore):
     def __init__(self, failures: int) -> None:
         super().__init__(60)

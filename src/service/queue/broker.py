@@ -40,10 +40,12 @@ from pamqp.commands import Basic
 
 from service.queue.jobs import Job
 from service.queue.results import redact_url
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 BROKER_ERRORS = (AMQPError, OSError, ConnectionError, asyncio.TimeoutError, RuntimeError)
+DEAD_LETTER_TTL_S: int = Settings.model_fields["dead_letter_ttl_s"].default
 
 
 class BrokerUnavailable(RuntimeError):
@@ -192,12 +194,17 @@ def dead_letter_names(queue_name: str) -> tuple[str, str]:
     return f"{queue_name}.dlx", f"{queue_name}.dead"
 
 
-async def declare_topology(channel: AbstractChannel, queue_name: str) -> AbstractQueue:
+async def declare_topology(
+    channel: AbstractChannel, queue_name: str, dead_letter_ttl_s: int = DEAD_LETTER_TTL_S
+) -> AbstractQueue:
     exchange_name, dead_queue_name = dead_letter_names(queue_name)
     exchange = await channel.declare_exchange(
         exchange_name, aio_pika.ExchangeType.DIRECT, durable=True
     )
-    dead = await channel.declare_queue(dead_queue_name, durable=True)
+    # Dead letters stay for inspection, then RabbitMQ drops them: the queue cannot grow forever.
+    dead = await channel.declare_queue(
+        dead_queue_name, durable=True, arguments={"x-message-ttl": dead_letter_ttl_s * 1000}
+    )
     await dead.bind(exchange, routing_key=dead_queue_name)
     return await channel.declare_queue(
         queue_name,
@@ -219,9 +226,11 @@ class RabbitBroker:
         connect_timeout_s: float = 3.0,
         publish_timeout_s: float = 5.0,
         reconnect_cooldown_s: float = 1.0,
+        dead_letter_ttl_s: int = DEAD_LETTER_TTL_S,
     ) -> None:
         self.url = url
         self.queue_name = queue_name
+        self.dead_letter_ttl_s = dead_letter_ttl_s
         self.connect_timeout_s = connect_timeout_s
         self.publish_timeout_s = publish_timeout_s
         self.reconnect_cooldown_s = reconnect_cooldown_s
@@ -255,7 +264,7 @@ class RabbitBroker:
             try:
                 connection = await aio_pika.connect(self.url, timeout=self.connect_timeout_s)
                 channel = await connection.channel(publisher_confirms=True)
-                await declare_topology(channel, self.queue_name)
+                await declare_topology(channel, self.queue_name, self.dead_letter_ttl_s)
             except BROKER_ERRORS as exc:
                 self._failed_at = time.monotonic()
                 self._last_error = f"{type(exc).__name__}: {exc}".rstrip(": ")
@@ -313,7 +322,7 @@ class RabbitBroker:
         connection = await self._connect()
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
-        queue = await declare_topology(channel, self.queue_name)
+        queue = await declare_topology(channel, self.queue_name, self.dead_letter_ttl_s)
         inbox: asyncio.Queue[Delivery] = asyncio.Queue()
 
         async def receive(message: AbstractIncomingMessage) -> None:
@@ -364,8 +373,11 @@ class RabbitBroker:
                 await connection.close()
 
 
-def create_broker(amqp_url: str | None, queue_name: str, max_queue_size: int = 1024) -> Broker:
+def create_broker(
+    amqp_url: str | None, queue_name: str, max_queue_size: int = 1024,
+    dead_letter_ttl_s: int = DEAD_LETTER_TTL_S,
+) -> Broker:
     """RabbitMQ when a URL is given, else the in-process stand-in."""
     if amqp_url:
-        return RabbitBroker(amqp_url, queue_name)
+        return RabbitBroker(amqp_url, queue_name, dead_letter_ttl_s=dead_letter_ttl_s)
     return InProcessBroker(queue_name, max_size=max_queue_size)

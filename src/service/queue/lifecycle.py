@@ -112,7 +112,9 @@ async def start_jobs(settings: Settings, predictor: Predictor | None) -> AsyncJo
                 "AMQP_URL is set but REDIS_URL is not: workers store results where every API "
                 "instance can read them, so set REDIS_URL (e.g. redis://127.0.0.1:6379/0)"
             )
-        broker: Broker = RabbitBroker(settings.amqp_url, settings.queue_name)
+        broker: Broker = RabbitBroker(
+            settings.amqp_url, settings.queue_name, dead_letter_ttl_s=settings.dead_letter_ttl_s
+        )
         jobs = AsyncJobs(broker, create_store(settings), settings)
         with contextlib.suppress(BrokerUnavailable):  # a broker down at start-up is not fatal:
             await broker.status()  # connect early when we can; /classify answers 503 until then

@@ -74,7 +74,10 @@ async def run_worker(settings: Settings, stopping: asyncio.Event | None = None) 
     backoff = 0.5
     try:
         while not stopping.is_set():
-            broker = RabbitBroker(settings.amqp_url, settings.queue_name)
+            broker = RabbitBroker(
+                settings.amqp_url, settings.queue_name,
+                dead_letter_ttl_s=settings.dead_letter_ttl_s,
+            )
             try:
                 inbox = await broker.start_consuming(settings.worker_prefetch)
             except BrokerUnavailable as exc:
@@ -120,6 +123,7 @@ async def _consume_until_stopped_or_lost(
             await broker.stop_consuming()
             worker.stop()
             await running
+            await worker.finish_received()
         elif not running.done():
             log.warning("lost the broker connection; unacked jobs will be redelivered")
             running.cancel()

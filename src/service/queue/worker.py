@@ -134,6 +134,24 @@ class JobWorker:
             if stop_seen:
                 return
 
+    async def finish_received(self) -> None:
+        """After ``run`` returned on a stop: finish deliveries that were already on their way
+        when consuming stopped. They land behind the stop marker; left alone, they would go
+        back to the queue on close with a delivery attempt spent."""
+        await asyncio.sleep(0)  # let deliveries already received reach the inbox
+        while True:
+            batch: list[Delivery] = []
+            while len(batch) < self.batch_size:
+                try:
+                    item = self.inbox.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if item is not _STOP:
+                    batch.append(item)
+            if not batch:
+                return
+            await self.process(batch)
+
     async def _next_batch(self) -> tuple[list[Delivery], bool]:
         first = await self.inbox.get()
         if first is _STOP:

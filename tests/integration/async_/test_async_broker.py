@@ -115,6 +115,27 @@ async def test_a_poison_message_ends_in_the_dead_letter_queue_with_a_failed_resu
     await store.close()
 
 
+async def test_dead_letters_are_kept_for_dead_letter_ttl_s_then_dropped(amqp_url, queue_name):
+    broker = RabbitBroker(amqp_url, queue_name, dead_letter_ttl_s=1)
+    await broker.publish(job_for(3))  # connects and declares the queues
+    connection = await aio_pika.connect(amqp_url)
+    channel = await connection.channel()
+    dead_name = dead_letter_names(queue_name)[1]
+    await channel.default_exchange.publish(aio_pika.Message(b"rejected job"), routing_key=dead_name)
+
+    async def dead_count() -> int:
+        queue = await channel.declare_queue(dead_name, passive=True)
+        return queue.declaration_result.message_count
+
+    assert await dead_count() == 1
+    deadline = time.monotonic() + 10
+    while await dead_count():
+        assert time.monotonic() < deadline, "the dead letter outlived DEAD_LETTER_TTL_S"
+        await asyncio.sleep(0.1)
+    await connection.close()
+    await broker.close()
+
+
 async def test_redis_results_expire_after_their_ttl(redis_url):
     store = RedisResultStore(redis_url, ttl_s=1)
     iid = str(uuid.uuid4())
