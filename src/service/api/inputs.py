@@ -263,7 +263,7 @@ async def decode_image(
     releases the GIL while it decodes).
 
     Decoding the usual upload inline instead was measured (issue 6): no more throughput on one
-    core, and a p99 at c=64 three times longer, because every busy loop iteration then also
+    core, and a p99 at c=64 two to three times longer, because every busy loop iteration also
     delays reading the next requests."""
     global _decoder
     image = open_image(data, max_pixels=max_pixels, max_bytes=max_bytes, content_type=content_type)

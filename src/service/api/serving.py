@@ -59,14 +59,14 @@ async def predict_payload(
     Two cache keys: the exact bytes sent (a repeated request is answered before it is parsed
     or decoded) and, once parsed, the digit (the same digit as JSON or as a PNG shares an
     entry). Both are stored under the version that computed the answer."""
-    version = model.version
+    version, fingerprint = model.version, payload.fingerprint
     if version is not None:
-        cached = await cache.get(f"{version}:{payload.fingerprint}")
+        cached = await cache.get(f"{version}:{fingerprint}")
         if cached is not None:
             return cached, True
     digit = await parse(payload)
     body, hit, served_by = await _predict_one(digit, version, batcher, cache, timeout_s)
-    cache.put(f"{served_by}:{payload.fingerprint}", body)
+    cache.put(f"{served_by}:{fingerprint}", body)
     return body, hit
 
 

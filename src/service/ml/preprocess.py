@@ -132,10 +132,9 @@ def image_to_mnist(image: Image.Image) -> np.ndarray:
 def _grey_to_mnist(grey: Image.Image) -> np.ndarray:
     """Greyscale canvas -> the 28x28 digit.
 
-    Whole-canvas work is a few uint8 comparisons (finding the ink); the per-pixel steps
-    (polarity, background removal, contrast stretch, noise floor) are one 256-entry lookup
-    table applied to the cut-out digit only, so an upload costs little more than decoding it
-    (issue 6)."""
+    All per-pixel work is uint8 arithmetic: a few comparisons over the canvas find the ink,
+    and background removal and the noise floor touch the cut-out digit only; floats appear
+    once it is 20 px. An upload then costs well under its decoding (issue 6)."""
     from PIL import Image
 
     pixels = np.asarray(grey)
