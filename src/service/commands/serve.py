@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        help="processes, each with its own model and batcher (default: WORKERS, 1)",
+        help="processes, each with its own model, batcher, cache and /metrics counters "
+        "(default: WORKERS, 1)",
     )
     parser.set_defaults(handler=serve)
 
