@@ -62,6 +62,12 @@ MODEL_RELOADS = Counter(
     "lab2prod_model_reloads_total", "Alias moves picked up (ok) or refused (error).", ["result"]
 )
 MODEL_READY = Gauge("lab2prod_model_ready", "1 when a warm model is serving.")
+RUNTIME_AGREEMENT = Gauge(
+    "lab2prod_runtime_agreement",
+    "Share of the version's verification digits on which the runtime in use predicts what eager "
+    "PyTorch predicted at release, measured on this machine at load.",
+    ["model_version", "runtime"],
+)
 
 
 def observe_batch(size: int, seconds: float) -> None:

@@ -14,6 +14,7 @@ from service.ml.checkpoint import load_checkpoint, save_checkpoint
 from service.ml.data import load_dataset
 from service.ml.model import MnistCNN
 from service.ml.preprocess import normalize
+from service.release.checks import run_serving_checks
 from service.release.gate import (
     Criteria,
     NotebookOutcome,
@@ -85,14 +86,20 @@ def write_run(tmp_path: Path, recorded: dict[str, Any], **changes: Any) -> Path:
 
 
 def gate(run_dir: Path, champion: str | None = None, failed: str | None = None,
-         runtime: str = "eager"):
+         runtime: str = "auto", variants: tuple[str, ...] = ("eager",)):
+    """The pipeline's order: the serving checks on a usable run, then the gate's verdict."""
     notebooks = [
         NotebookOutcome("train", str(run_dir / "train.ipynb"), error=failed),
         NotebookOutcome("evaluate", str(run_dir / "evaluate.ipynb"), ran=failed is None),
     ]
-    return decide(POLICY, notebooks=notebooks, records=read_records(run_dir),
-                  champion_version=champion, device="cpu", serving_runtime=runtime,
-                  serving_device="cpu")
+    records = read_records(run_dir)
+    if records.usable:
+        records.serving = run_serving_checks(
+            run_dir, records.checkpoint, records.evaluation,
+            criteria=POLICY.criteria.runtime_criteria(), parity_device="cpu",
+            serving_runtime=runtime, serving_device="cpu", variants=list(variants),
+        )
+    return decide(POLICY, notebooks=notebooks, records=records, champion_version=champion)
 
 
 def by_name(verdict) -> dict[str, Any]:
@@ -240,17 +247,56 @@ def test_failures_are_printed_with_measured_and_required_values(tmp_path, record
     assert "serving_parity" not in printed
 
 
-def test_the_runtime_serving_picks_is_checked_against_eager_on_the_evaluation_split(
+def test_with_runtime_auto_the_fastest_variant_that_agrees_with_eager_is_recorded(
     tmp_path, recorded_run
 ):
-    verdict = gate(write_run(tmp_path, recorded_run), runtime="onnx-int8")
+    verdict = gate(write_run(tmp_path, recorded_run), variants=("eager", "onnx"))
     runtime = by_name(verdict)["serving_runtime"]
-    assert "runtime onnx-int8 (RUNTIME=onnx-int8) vs eager on 64 evaluation" in runtime.detail
-    assert 0.0 <= runtime.measured <= 1.0
-    assert runtime.passed == (runtime.measured >= POLICY.criteria.min_runtime_agreement)
+    assert runtime.passed and runtime.measured in {"onnx", "eager"}
+    assert runtime.required.startswith("RUNTIME=auto: the fastest variant with agreement >=")
+    assert "(RUNTIME=auto): " in runtime.detail and "64 evaluation digits" in runtime.detail
 
 
-def test_a_runtime_serving_cannot_build_refuses_the_release(tmp_path, recorded_run):
-    verdict = gate(write_run(tmp_path, recorded_run), runtime="no-such-runtime")
+def test_a_named_runtime_that_misses_refuses_the_release_and_names_what_would_pass(
+    tmp_path, recorded_run
+):
+    strict = POLICY.model_copy(update={"criteria": POLICY.criteria.model_copy(
+        update={"max_runtime_probability_diff": 0.0})})
+    run_dir = write_run(tmp_path, recorded_run)
+    records = read_records(run_dir)
+    records.serving = run_serving_checks(
+        run_dir, records.checkpoint, records.evaluation,
+        criteria=strict.criteria.runtime_criteria(), serving_runtime="onnx",
+        serving_device="cpu", variants=["eager", "onnx"],
+    )
+    verdict = decide(strict, notebooks=[NotebookOutcome("train", "t"),
+                                        NotebookOutcome("evaluate", "e")],
+                     records=records, champion_version=None)
     assert [c.name for c in verdict.failed] == ["serving_runtime"]
-    assert "unknown runtime 'no-such-runtime'" in verdict.failed[0].detail
+    failed = verdict.failed[0]
+    assert failed.measured == "onnx misses"
+    assert "RUNTIME=onnx misses on this machine (max |dp|" in failed.detail
+    assert "these pass: eager. Set RUNTIME=auto (serves eager)" in failed.detail
+
+
+def test_runtimes_measured_against_other_bars_than_the_policy_refuse_the_release(
+    tmp_path, recorded_run
+):
+    run_dir = write_run(tmp_path, recorded_run)
+    gate(run_dir)
+    records = read_records(run_dir)
+    records.serving["runtimes"]["criteria"]["min_agreement"] = 0.5
+    verdict = decide(POLICY, notebooks=[NotebookOutcome("train", "t"),
+                                        NotebookOutcome("evaluate", "e")],
+                     records=records, champion_version=None)
+    assert [c.name for c in verdict.failed] == ["serving_runtime"]
+    assert "measured against other bars" in verdict.failed[0].detail
+
+
+def test_a_run_whose_serving_checks_did_not_run_is_refused(tmp_path, recorded_run):
+    verdict = decide(POLICY, notebooks=[NotebookOutcome("train", "t"),
+                                        NotebookOutcome("evaluate", "e")],
+                     records=read_records(write_run(tmp_path, recorded_run)),
+                     champion_version=None)
+    assert {c.name for c in verdict.failed} == {"serving_parity", "serving_runtime"}
+    assert "serving.json missing" in verdict.failed[0].detail

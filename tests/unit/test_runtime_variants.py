@@ -1,5 +1,5 @@
-"""Runtime variants: each one predicts what eager predicts, ``auto`` picks the measured default
-and falls back with a log line, exported artefacts are reused, and check_variant reports."""
+"""Runtime variants: each one predicts what eager predicts, a variant that cannot be built says
+why, and exported artefacts are named by the weights and reused."""
 
 from __future__ import annotations
 
@@ -11,13 +11,8 @@ import pytest
 import torch
 
 from service.inference import export
-from service.inference.runtime import (
-    AUTO_PREFERENCE_CPU,
-    RuntimeUnavailable,
-    build_runtime,
-    load_runtime,
-    runtime_names,
-)
+from service.inference.loader import load_runtime
+from service.inference.runtime import RuntimeUnavailable, build_runtime, runtime_names
 from service.ml.checkpoint import load_checkpoint, save_checkpoint
 from service.ml.data import load_dataset
 from service.ml.model import build_model
@@ -63,31 +58,20 @@ def test_variant_returns_the_same_probabilities_as_eager(trained_checkpoint, dig
     np.testing.assert_allclose(got, expected, atol=2e-2 if name == "int8" else 1e-4)
 
 
-def test_onnx_int8_agrees_with_eager_on_real_digits(trained_checkpoint, digits):
-    report = export.check_variant(trained_checkpoint, "onnx-int8", digits[0], digits[1])
-    assert report["runtime"] == "onnx-int8"
-    assert report["sample_size"] == 200
-    assert report["agreement"] >= 0.98, report
-    assert report["passed"] == (report["agreement"] >= 0.995
-                                and report["accuracy_drop_points"] <= 0.2)
-    assert Path(report["artifact"]).name.endswith(".int8.onnx")
+def test_onnx_int8_stays_close_to_eager_on_real_digits(trained_checkpoint, digits):
+    images = normalize(digits[0])
+    eager = load_runtime(trained_checkpoint, runtime="eager", device="cpu").runtime
+    quantized = load_runtime(trained_checkpoint, runtime="onnx-int8", device="cpu").runtime
+    agree = eager.predict_proba(images).argmax(1) == quantized.predict_proba(images).argmax(1)
+    assert quantized.name == "onnx-int8" and quantized.artifact.name.endswith(".int8.onnx")
+    assert agree.mean() >= 0.97
 
 
-def test_auto_is_the_measured_default_on_cpu(trained_checkpoint):
-    loaded = load_runtime(trained_checkpoint, runtime="auto", device="cpu")
-    assert loaded.runtime.name == AUTO_PREFERENCE_CPU[0] == "onnx-int8"
-    assert loaded.extra == {"runtime": "onnx-int8", "runtime_requested": "auto"}
-
-
-def test_auto_falls_back_with_a_log_line_when_int8_cannot_calibrate(tmp_path, caplog):
+def test_int8_export_that_cannot_calibrate_says_how_to_fix_it(tmp_path):
     # trained on 'mnist' whose IDX files are not in this folder: no calibration digits
     path = save_checkpoint(tmp_path / "model.safetensors", build_model().eval(),
                            extra={"dataset": {"name": "mnist", "split": {"folder": str(tmp_path)}}})
-    with caplog.at_level(logging.WARNING, logger="service.inference.runtime"):
-        loaded = load_runtime(path, runtime="auto", device="cpu")
-    assert loaded.runtime.name == "onnx"
-    assert "onnx-int8 unavailable" in caplog.text and "DATA_DIR" in caplog.text
-    with pytest.raises(RuntimeUnavailable, match="RUNTIME=onnx"):
+    with pytest.raises(RuntimeUnavailable, match=r"DATA_DIR.*RUNTIME=onnx"):
         load_runtime(path, runtime="onnx-int8", device="cpu")
 
 
@@ -139,15 +123,3 @@ def test_a_published_version_is_never_written_to_artefacts_go_to_a_cache(tmp_pat
     path = export.ensure_artifact(load_checkpoint(published), "onnx")
     assert path.parent != published.parent and path.exists()
     assert sorted(p.name for p in published.parent.iterdir()) == before
-
-
-def test_check_variant_fails_below_the_required_agreement(trained_checkpoint, digits):
-    report = export.check_variant(trained_checkpoint, "onnx", normalize(digits[0]),
-                                  min_agreement=1.01)
-    assert report["agreement"] == 1.0 and report["passed"] is False
-    assert "accuracy_drop_points" not in report  # no labels given
-
-
-def test_check_variant_refuses_a_sample_it_cannot_read(trained_checkpoint):
-    with pytest.raises(ValueError, match=r"uint8 digits \[N,28,28\]"):
-        export.check_variant(trained_checkpoint, "onnx", np.zeros((3, 28, 28), np.float64))

@@ -110,7 +110,7 @@ class Run:
 
 def publish_registry(checkpoint: Path, work_dir: Path, model_name: str) -> Path:
     """A fresh registry holding only ``checkpoint`` as production (never the user's)."""
-    from service.inference.runtime import load_runtime
+    from service.inference.loader import load_runtime
     from service.release.registry import Registry
 
     root = work_dir / f"registry-{uuid.uuid4().hex[:8]}"

@@ -89,9 +89,6 @@ def run(args: argparse.Namespace) -> int:
         names = [n.strip() for n in args.variants.split(",")] if args.variants else None
         data = runtimes.run(checkpoint, source, args.out, seconds=args.seconds, names=names)
         print(runtimes.markdown(data))
-        if not data["code_agrees"]:
-            print(f"note: the measurement chose {data['chosen']!r} but runtime.AUTO_PREFERENCE_CPU "
-                  f"starts with {data['auto_preference_cpu'][0]!r}; update it", file=sys.stderr)
         return 0
     return _serving(args, checkpoint, source, settings)
 

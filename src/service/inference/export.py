@@ -1,4 +1,4 @@
-"""Exported runtime artefacts (ONNX graphs) and the check that a variant agrees with eager.
+"""Exported runtime artefacts (ONNX graphs): export, quantize, and find them for a checkpoint.
 
 Artefacts live next to the checkpoint they came from and are named by its weights checksum
 (``model.3f2a9c1d04b7.int8.onnx``), so a file that exists is the right one: a new checkpoint
@@ -8,8 +8,8 @@ folder and ``lab2prod release`` publishes them with the version; a registry vers
 written to afterwards, so a missing artefact (a version published without one) is built in a
 cache folder under the system temp directory, as it is when the folder is read-only.
 
-``check_variant`` is what the release gate calls: export the variant the service will run,
-run it and eager PyTorch over the same digits, and report agreement and accuracy.
+Whether an exported variant answers like eager is measured elsewhere (``inference.selection`` at
+release, ``inference.verification`` where it serves).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.ml.checkpoint import LoadedCheckpoint, load_checkpoint
+from service.ml.checkpoint import LoadedCheckpoint
 from service.ml.preprocess import normalize
 from service.release.registry import CARD_FILE
 
@@ -38,8 +38,6 @@ INPUT_NAME, OUTPUT_NAME = "digits", "probabilities"
 ONNX_OPSET = 17
 CALIBRATION_DIGITS = 256
 CALIBRATION_SEED = 0
-MIN_AGREEMENT = 0.995  # share of digits on which the variant predicts what eager predicts
-MAX_ACCURACY_DROP_POINTS = 0.2  # percentage points of test accuracy the variant may lose
 
 
 class _Probabilities(torch.nn.Module):
@@ -198,82 +196,3 @@ def calibration_digits(metadata: dict[str, Any], count: int = CALIBRATION_DIGITS
     images = dataset.train_images
     order = np.random.default_rng(CALIBRATION_SEED).permutation(len(images))[:count]
     return images[np.sort(order)]
-
-
-def check_variant(
-    checkpoint_path: str | Path,
-    runtime_name: str,
-    sample: np.ndarray | torch.Tensor,
-    labels: np.ndarray | None = None,
-    *,
-    device: str = "cpu",
-    min_agreement: float = MIN_AGREEMENT,
-    max_accuracy_drop_points: float = MAX_ACCURACY_DROP_POINTS,
-) -> dict[str, Any]:
-    """Export ``runtime_name`` (``auto`` = what serving would pick) for the checkpoint and
-    compare it with eager PyTorch on ``sample``: uint8 digits [N,28,28] (normalised here with
-    the checkpoint's normalisation) or an already normalised float batch [N,1,28,28].
-
-    ``passed`` is True when predictions agree on at least ``min_agreement`` of the digits and,
-    given ``labels``, accuracy drops by at most ``max_accuracy_drop_points`` points.
-    """
-    from service.inference.runtime import EagerRuntime, build_runtime, resolve_device
-
-    started = time.perf_counter()
-    target = resolve_device(device)
-    checkpoint = load_checkpoint(checkpoint_path, device=target)
-    batch = _as_model_input(sample, checkpoint)
-    if len(batch) == 0:
-        raise ValueError("check_variant needs at least one sample digit")
-    eager = EagerRuntime(checkpoint.model, target)
-    variant = build_runtime(checkpoint, runtime_name, target)
-    reference = _predict_all(eager, batch)
-    candidate = _predict_all(variant, batch)
-    agree = reference.argmax(1) == candidate.argmax(1)
-    report: dict[str, Any] = {
-        "checkpoint": str(checkpoint_path),
-        "runtime_requested": runtime_name,
-        "runtime": variant.name,
-        "device": str(target),
-        "artifact": str(getattr(variant, "artifact", None) or "") or None,
-        "sample_size": len(batch),
-        "agreement": float(agree.mean()),
-        "disagreements": int((~agree).sum()),
-        "max_abs_probability_diff": float(np.abs(reference - candidate).max()),
-        "required": {"min_agreement": min_agreement,
-                     "max_accuracy_drop_points": max_accuracy_drop_points},
-    }
-    passed = report["agreement"] >= min_agreement
-    if labels is not None:
-        truth = np.asarray(labels).astype(np.int64)
-        if len(truth) != len(batch):
-            raise ValueError(f"{len(truth)} labels for {len(batch)} sample digits")
-        eager_accuracy = float((reference.argmax(1) == truth).mean())
-        variant_accuracy = float((candidate.argmax(1) == truth).mean())
-        drop = (eager_accuracy - variant_accuracy) * 100.0
-        report.update(eager_accuracy=eager_accuracy, variant_accuracy=variant_accuracy,
-                      accuracy_drop_points=round(drop, 4))
-        passed = passed and drop <= max_accuracy_drop_points + 1e-9
-    report["passed"] = bool(passed)
-    report["seconds"] = round(time.perf_counter() - started, 3)
-    return report
-
-
-def _as_model_input(
-    sample: np.ndarray | torch.Tensor, checkpoint: LoadedCheckpoint
-) -> torch.Tensor:
-    tensor = torch.as_tensor(np.asarray(sample)) if not isinstance(sample, torch.Tensor) else sample
-    if tensor.dtype == torch.uint8:
-        return normalize(tensor, checkpoint.normalization)
-    if tensor.dim() == 4 and tensor.is_floating_point():
-        return tensor.to(torch.float32)
-    raise ValueError(
-        "sample must be uint8 digits [N,28,28] or a normalised float batch [N,1,28,28], "
-        f"got {tuple(tensor.shape)} {tensor.dtype}"
-    )
-
-
-def _predict_all(runtime: Any, batch: torch.Tensor, size: int = 256) -> np.ndarray:
-    return np.concatenate(
-        [runtime.predict_proba(batch[start:start + size]) for start in range(0, len(batch), size)]
-    )

@@ -1,7 +1,8 @@
 """The served model: load the registry's alias, warm it, answer batches, follow alias moves.
 
 ``load()`` resolves ``Settings.model_alias`` (``production``) in the registry and loads that
-checkpoint through ``runtime.load_runtime`` (the one loader: weights only, verified), runs a
+checkpoint through ``loader.load_runtime`` (the one loader: weights only, checksum-verified; the
+runtime the release chose, verified against eager on this machine, with fallbacks), runs a
 warm-up batch, and only then makes it current. ``watch()`` polls the alias every
 ``model_poll_interval_s``; when it moves, the new version is loaded and warmed off the
 inference thread and then swapped in with a single reference assignment. A batch reads the
@@ -25,10 +26,11 @@ import numpy as np
 import orjson
 import torch
 
-from service.inference.runtime import LoadedModel, load_runtime
+from service.inference.loader import load_runtime
+from service.inference.runtime import LoadedModel, RuntimeUnavailable
 from service.ml.checkpoint import CheckpointError
 from service.ml.preprocess import IMAGE_SIDE, Normalization, normalize
-from service.observability import MODEL_INFO, MODEL_READY, MODEL_RELOADS
+from service.observability import MODEL_INFO, MODEL_READY, MODEL_RELOADS, RUNTIME_AGREEMENT
 from service.release.registry import Registry, RegistryError
 from service.settings import Settings
 
@@ -109,8 +111,13 @@ class ModelManager:
             path = self.registry.checkpoint_path(version)
             card = self.registry.card(version)
             model = load_runtime(
-                path, runtime=self.settings.runtime, device=self.settings.device, version=version
+                path, runtime=self.settings.runtime, device=self.settings.device,
+                version=version, selection=card.get("runtimes"),
             )
+        except RuntimeUnavailable as exc:
+            raise ModelUnavailable(
+                f"{self.settings.model_name} {version} cannot be served: {exc}"
+            ) from exc
         except CheckpointError as exc:
             raise ModelUnavailable(
                 f"{self.settings.model_name} {version} cannot be served: {exc}. "
@@ -132,13 +139,18 @@ class ModelManager:
             {
                 "name": self.settings.model_name,
                 "version": version,
-                "runtime": getattr(model.runtime, "name", "unknown"),
+                "runtime": model.runtime_name,
                 "device": str(getattr(model.runtime, "device", "unknown")),
             }
         )
+        if model.verification is not None:
+            RUNTIME_AGREEMENT.labels(version, model.runtime_name).set(
+                model.verification.agreement.agreement
+            )
         logger.info(
             "serving model",
-            extra={"model": self.settings.model_name, "version": version, "path": str(path)},
+            extra={"model": self.settings.model_name, "version": version, "path": str(path),
+                   "runtime": model.runtime_status()},
         )
         return model
 
@@ -204,6 +216,17 @@ class ModelManager:
 
     # --- description --------------------------------------------------------------------------
 
+    def runtime_summary(self) -> dict[str, Any]:
+        """For /ready: the runtime in use and its agreement with eager measured here at load."""
+        active = self._active
+        if active is None:
+            return {}
+        verification = active.model.verification
+        return {
+            "runtime": active.model.runtime_name,
+            "agreement": verification.agreement.agreement if verification else None,
+        }
+
     def info(self) -> dict[str, Any]:
         active = self._active
         if active is None:
@@ -215,8 +238,7 @@ class ModelManager:
             "version": model.version,
             "loaded": True,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(active.loaded_at)),
-            "runtime": getattr(model.runtime, "name", "unknown"),
-            "device": str(getattr(model.runtime, "device", "unknown")),
+            **model.runtime_status(),
             "architecture": model.metadata.get("architecture"),
             "class_names": model.class_names,
             "normalization": active.normalization.as_dict(),

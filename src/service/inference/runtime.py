@@ -1,15 +1,10 @@
 """Runtimes: one interface over the ways of running the model (eager, exported, quantized).
 
 Every runtime takes a normalised float batch [N,1,28,28] and returns class probabilities
-[N,C] as a numpy array. The release gate, the API and the worker all load through
-``load_runtime``, so the checkpoint is checked along the same path that serves it.
-
-Variants register themselves by name (``@register_runtime("onnx")``). ``runtime="auto"`` picks
-the fastest variant that kept test accuracy within 0.2 points of eager and agreed with eager on
-at least 99.5% of test digits when measured on this kind of machine (``lab2prod bench
---runtimes``; the numbers are in docs/benchmarks/runtimes.md). When the preferred variant
-cannot be built here (onnxruntime missing, no calibration digits), ``auto`` logs why and
-takes the next one; an explicitly named variant that cannot be built raises RuntimeUnavailable.
+[N,C] as a numpy array. Variants register themselves by name (``@register_runtime("onnx")``);
+``build_runtime`` builds one by name. Which variant serves a given model is not decided here:
+the release measures every selectable variant for that model (``inference.selection``) and
+serving verifies the choice on its own machine before using it (``inference.loader``).
 """
 
 from __future__ import annotations
@@ -25,13 +20,15 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from service.ml.checkpoint import LoadedCheckpoint, load_checkpoint
+from service.inference.verification import Verification
+from service.ml.checkpoint import LoadedCheckpoint
 from service.ml.preprocess import Normalization
 
 log = logging.getLogger(__name__)
 
-# Measured order on CPU (docs/benchmarks/runtimes.md): int8 ONNX Runtime ~3x fp32 ONNX Runtime,
-# which beats TorchScript, which beats eager. ``auto`` walks this list until one builds.
+# The order ``auto`` tries when a version carries no measurement for this kind of device (it was
+# released on another one): measured on CPU in docs/benchmarks/runtimes.md, and every step is
+# still verified against eager on this machine before it serves.
 AUTO_PREFERENCE_CPU: tuple[str, ...] = ("onnx-int8", "onnx", "torchscript", "eager")
 # On CUDA the CPU-only variants (int8 kernels, ONNX Runtime's CPU provider) are never chosen.
 AUTO_PREFERENCE_CUDA: tuple[str, ...] = ("eager",)
@@ -104,13 +101,29 @@ class OnnxRuntime:
 
 @dataclass
 class LoadedModel:
-    """What serving holds: a runtime plus the checkpoint's metadata."""
+    """What serving holds: a runtime, the checkpoint's metadata, and how the runtime was chosen."""
 
     runtime: Runtime
     metadata: dict[str, Any]
     version: str
     path: Path
-    extra: dict[str, Any] = field(default_factory=dict)
+    runtime_requested: str = "auto"
+    verification: Verification | None = None  # None: no verification set to check against
+    fallbacks: list[dict[str, str]] = field(default_factory=list)  # variants passed over, why
+
+    @property
+    def runtime_name(self) -> str:
+        return str(getattr(self.runtime, "name", "unknown"))
+
+    def runtime_status(self) -> dict[str, Any]:
+        """What /model-info and /ready say about the runtime in use and how it was chosen."""
+        return {
+            "runtime": self.runtime_name,
+            "runtime_requested": self.runtime_requested,
+            "device": str(getattr(self.runtime, "device", "unknown")),
+            "verification": self.verification.as_dict() if self.verification else None,
+            "runtime_fallbacks": self.fallbacks,
+        }
 
     @property
     def normalization(self) -> Normalization:
@@ -132,24 +145,33 @@ class RuntimeSpec:
     builder: RuntimeBuilder
     cpu_only: bool
     summary: str
+    selectable: bool = True  # whether ``auto`` measures and may choose it
 
 
 RUNTIMES: dict[str, RuntimeSpec] = {}
 
 
 def register_runtime(
-    name: str, *, cpu_only: bool = False, summary: str = ""
+    name: str, *, cpu_only: bool = False, summary: str = "", selectable: bool = True
 ) -> Callable[[RuntimeBuilder], RuntimeBuilder]:
     def decorator(builder: RuntimeBuilder) -> RuntimeBuilder:
-        RUNTIMES[name] = RuntimeSpec(name, builder, cpu_only, summary or (builder.__doc__ or ""))
+        RUNTIMES[name] = RuntimeSpec(
+            name, builder, cpu_only, summary or (builder.__doc__ or ""), selectable
+        )
         return builder
 
     return decorator
 
 
 def runtime_names() -> list[str]:
-    """Every selectable name, ``auto`` first."""
+    """Every name RUNTIME takes, ``auto`` first."""
     return ["auto", *RUNTIMES]
+
+
+def selectable_variants(device: torch.device) -> list[str]:
+    """The variants ``auto`` measures for ``device``: registered, selectable, able to run there."""
+    return [spec.name for spec in RUNTIMES.values()
+            if spec.selectable and not (spec.cpu_only and device.type != "cpu")]
 
 
 @register_runtime("eager", summary="plain PyTorch under inference_mode")
@@ -173,7 +195,11 @@ def _build_torchscript(checkpoint: LoadedCheckpoint, device: torch.device) -> Ru
     return EagerRuntime(frozen, device, name="torchscript")
 
 
-@register_runtime("compile", summary="torch.compile (inductor), dynamic batch size")
+# Not selectable: inductor compiles in every process that loads it (33 s on the 2-core CI box)
+# and was slower than TorchScript there (docs/benchmarks/runtimes.md); RUNTIME=compile still works.
+@register_runtime(
+    "compile", summary="torch.compile (inductor), dynamic batch size", selectable=False
+)
 def _build_compile(checkpoint: LoadedCheckpoint, device: torch.device) -> Runtime:
     """Compiles on first call, so it is warmed here; a failure falls back to eager, logged."""
     try:
@@ -255,26 +281,7 @@ def auto_preference(device: torch.device) -> tuple[str, ...]:
 
 
 def build_runtime(checkpoint: LoadedCheckpoint, name: str, device: torch.device) -> Runtime:
-    """The named variant on ``device``; ``auto`` takes the first of the measured preference
-    order that builds here and logs each one it had to skip."""
-    if name == "auto":
-        failures: list[str] = []
-        for candidate in auto_preference(device):
-            try:
-                runtime = _build_named(checkpoint, candidate, device)
-            except (RuntimeUnavailable, ImportError, OSError) as exc:
-                failures.append(f"{candidate}: {exc}")
-                log.warning("runtime=auto: %s unavailable (%s); trying the next one",
-                            candidate, exc)
-                continue
-            return runtime
-        raise RuntimeUnavailable(
-            "runtime=auto found no variant that builds: " + "; ".join(failures)
-        )
-    return _build_named(checkpoint, name, device)
-
-
-def _build_named(checkpoint: LoadedCheckpoint, name: str, device: torch.device) -> Runtime:
+    """The named variant on ``device``; RuntimeUnavailable says why it cannot be built here."""
     try:
         spec = RUNTIMES[name]
     except KeyError:
@@ -286,19 +293,3 @@ def _build_named(checkpoint: LoadedCheckpoint, name: str, device: torch.device) 
             f"RUNTIME=auto to get {auto_preference(device)[0]!r} on {device}"
         )
     return spec.builder(checkpoint, device)
-
-
-def load_runtime(
-    path: str | Path, *, runtime: str = "auto", device: str = "auto", version: str = "unversioned"
-) -> LoadedModel:
-    """Load a checkpoint through the one loader and wrap it in the chosen runtime."""
-    target = resolve_device(device)
-    checkpoint = load_checkpoint(path, device=target)
-    built = build_runtime(checkpoint, runtime, target)
-    return LoadedModel(
-        runtime=built,
-        metadata=checkpoint.metadata,
-        version=version,
-        path=Path(path),
-        extra={"runtime": built.name, "runtime_requested": runtime},
-    )

@@ -1,9 +1,10 @@
 """The release gate: a versioned policy file and a run's records -> a verdict, per criterion.
 
-The gate reads only what the notebooks wrote (``train.json``, ``evaluation.json``, the
-checkpoint), never cell outputs. Every criterion gives ``{name, passed, measured, required,
-detail}``; the release goes ahead only when all pass. With no champion in production (the
-first release) the regression criteria pass as "skipped" and only the absolute ones decide.
+The gate is a pure function of records: what the notebooks wrote (``train.json``,
+``evaluation.json``, the checkpoint) and what the serving checks measured (``serving.json``,
+``release.checks``), never cell outputs. Every criterion gives ``{name, passed, measured,
+required, detail}``; the release goes ahead only when all pass. With no champion in production
+(the first release) the regression criteria pass as "skipped" and only the absolute ones decide.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.inference.verification import RuntimeCriteria
+
 TRAIN_RECORD = "train.json"
 EVALUATION_RECORD = "evaluation.json"
+SERVING_RECORD = "serving.json"
 CHECKPOINT = "model.safetensors"
 
 
@@ -44,6 +48,14 @@ class Criteria(BaseModel):
     max_runtime_accuracy_drop: float = Field(
         0.002, ge=0, le=1, description="Serving runtime vs eager accuracy on the evaluation split."
     )
+    max_runtime_probability_diff: float = Field(
+        1.0, ge=0, le=1, description="Serving runtime vs eager: largest probability difference."
+    )
+
+    def runtime_criteria(self) -> RuntimeCriteria:
+        """The bars a runtime variant must meet to stand in for eager PyTorch."""
+        return RuntimeCriteria(self.min_runtime_agreement, self.max_runtime_accuracy_drop,
+                               self.max_runtime_probability_diff)
 
 
 class CriteriaOverride(BaseModel):
@@ -56,6 +68,7 @@ class CriteriaOverride(BaseModel):
     sample_probability_atol: float | None = Field(None, ge=0)
     min_runtime_agreement: float | None = Field(None, ge=0, le=1)
     max_runtime_accuracy_drop: float | None = Field(None, ge=0, le=1)
+    max_runtime_probability_diff: float | None = Field(None, ge=0, le=1)
 
 
 class Policy(BaseModel):
@@ -139,13 +152,19 @@ class NotebookOutcome:
 
 @dataclass
 class RunRecords:
-    """What the notebooks wrote into the run folder (None where a record is missing)."""
+    """What the notebooks and the serving checks wrote into the run folder (None: missing)."""
 
     run_dir: Path
     train: dict[str, Any] | None
     evaluation: dict[str, Any] | None
     checkpoint: Path | None
     problems: list[str] = field(default_factory=list)
+    serving: dict[str, Any] | None = None  # written after the notebooks, see release.checks
+
+    @property
+    def usable(self) -> bool:
+        """The notebooks left a checkpoint and candidate metrics to measure further."""
+        return self.checkpoint is not None and _usable(self.evaluation)
 
 
 def read_records(run_dir: str | Path) -> RunRecords:
@@ -167,8 +186,11 @@ def read_records(run_dir: str | Path) -> RunRecords:
     if not checkpoint.is_file():  # type: ignore[union-attr]
         problems.append(f"{checkpoint_name} missing")
         checkpoint = None
+    serving_path = run_dir / SERVING_RECORD
+    serving = json.loads(serving_path.read_text()) if serving_path.is_file() else None
     return RunRecords(
-        run_dir, documents[TRAIN_RECORD], documents[EVALUATION_RECORD], checkpoint, problems
+        run_dir, documents[TRAIN_RECORD], documents[EVALUATION_RECORD], checkpoint, problems,
+        serving,
     )
 
 
@@ -179,10 +201,6 @@ def decide(
     records: RunRecords,
     champion_version: str | None,
     dataset_hint: str | None = None,
-    data_dir: str | Path | None = None,
-    device: str = "auto",
-    serving_runtime: str = "auto",
-    serving_device: str = "auto",
 ) -> Verdict:
     """Apply the policy to one run: one CriterionResult per criterion, in a fixed order."""
     evaluation = records.evaluation
@@ -202,9 +220,7 @@ def decide(
         results.append(_min_class_recall(candidate, criteria))
         champion = evaluation.get("champion") if evaluation else None
         results.extend(_no_regression(candidate, champion, champion_version, criteria))
-        results.extend(_serving_checks(records, criteria, data_dir=data_dir, device=device,
-                                       serving_runtime=serving_runtime,
-                                       serving_device=serving_device))
+        results.extend(_serving_checks(records.serving, criteria))
     return Verdict(
         passed=all(result.passed for result in results),
         dataset=dataset_name,
@@ -229,7 +245,7 @@ def _metric_requirements(criteria: Criteria, champion_version: str | None) -> li
         ("no_class_recall_regression",
          f"drop <= {criteria.max_class_recall_drop:.4f} vs {against}"),
         ("serving_parity", "0 mismatches"),
-        ("serving_runtime", f"agreement >= {criteria.min_runtime_agreement:.4f}"),
+        ("serving_runtime", criteria.runtime_criteria().describe()),
     ]
 
 
@@ -351,129 +367,60 @@ def _no_regression(
     return [overall, per_class]
 
 
-def _serving_checks(
-    records: RunRecords, criteria: Criteria, *, data_dir: str | Path | None, device: str,
-    serving_runtime: str, serving_device: str,
-) -> list[CriterionResult]:
-    """The checkpoint through the serving code: exact replay, then the runtime serving picks."""
+def _serving_checks(serving: dict[str, Any] | None, criteria: Criteria) -> list[CriterionResult]:
+    """Judge what ``release.checks`` measured: the serving parity replay and the runtime."""
     parity_required = f"0 mismatches, |dp| <= {criteria.sample_probability_atol:g}"
-    runtime_required = (f"agreement >= {criteria.min_runtime_agreement:.4f}, accuracy drop "
-                        f"<= {criteria.max_runtime_accuracy_drop:.4f}")
-    try:
-        dataset = evaluation_dataset(records, data_dir=data_dir)
-    except Exception as exc:  # the data the notebook evaluated cannot be reproduced here
-        failure = f"{type(exc).__name__}: {exc}"
-        return [CriterionResult("serving_parity", False, None, parity_required, failure),
-                CriterionResult("serving_runtime", False, None, runtime_required, failure)]
-    return [
-        _serving_parity(records, dataset, criteria, parity_required, device),
-        _serving_runtime(records, dataset, criteria, runtime_required, serving_device,
-                         serving_runtime),
-    ]
+    runtime_required = criteria.runtime_criteria().describe()
+    if serving is None:
+        missing = f"{SERVING_RECORD} missing: the serving checks did not run"
+        return [CriterionResult("serving_parity", False, None, parity_required, missing),
+                CriterionResult("serving_runtime", False, None, runtime_required, missing)]
+    return [_serving_parity(serving.get("parity") or {}, criteria, parity_required),
+            _serving_runtime(serving.get("runtimes") or {}, criteria, runtime_required)]
 
 
-def evaluation_dataset(records: RunRecords, *, data_dir: str | Path | None = None) -> Any:
-    """The evaluation data exactly as evaluate.ipynb loaded it (checked by fingerprint)."""
-    from service.ml.data import load_dataset
-
-    described = (records.evaluation or {}).get("dataset") or {}
-    split = described.get("split") or {}
-    dataset = load_dataset(
-        described["name"],
-        split.get("folder") or data_dir or None,
-        limit=split.get("train_limit"),
-        test_limit=split.get("test_limit"),
-    )
-    if described.get("fingerprint") and dataset.fingerprint() != described["fingerprint"]:
-        raise ValueError(
-            f"the gate loaded different {described['name']} data than evaluate.ipynb "
-            f"(fingerprint {dataset.fingerprint()[:19]} vs {described['fingerprint'][:19]})"
-        )
-    return dataset
-
-
-def _serving_parity(
-    records: RunRecords, dataset: Any, criteria: Criteria, required: str, device: str
-) -> CriterionResult:
-    """Load the checkpoint as serving does (eager) and replay the notebook's recorded sample."""
-    try:
-        mismatches, size, max_diff, note = replay_sample(records, dataset, device=device)
-    except Exception as exc:  # any failure to load or replay refuses the release
+def _serving_parity(parity: dict[str, Any], criteria: Criteria, required: str) -> CriterionResult:
+    """The checkpoint loaded as serving loads it (eager) replayed the notebook's sample."""
+    if "error" in parity or "mismatches" not in parity:
         return CriterionResult("serving_parity", False, None, required,
-                               f"{type(exc).__name__}: {exc}")
-    passed = mismatches == 0 and size > 0 and max_diff <= criteria.sample_probability_atol
+                               parity.get("error", "not measured"))
+    mismatches, size = int(parity["mismatches"]), int(parity["size"])
+    max_diff = float(parity["max_probability_diff"])
+    note = "" if parity.get("probabilities_recorded", True) else " (no probabilities recorded)"
     return CriterionResult(
         name="serving_parity",
-        passed=passed,
+        passed=mismatches == 0 and size > 0 and max_diff <= criteria.sample_probability_atol,
         measured=mismatches,
         required=required,
         detail=(f"{size - mismatches}/{size} sample predictions equal through "
-                f"service.inference.runtime.load_runtime; max |dp| {max_diff:.2e}{note}"),
+                f"service.inference.loader.load_runtime; max |dp| {max_diff:.2e}{note}"),
     )
-
-
-def replay_sample(
-    records: RunRecords, dataset: Any, *, device: str = "auto"
-) -> tuple[int, int, float, str]:
-    """(prediction mismatches, sample size, max probability difference, note)."""
-    import numpy as np
-
-    from service.inference.runtime import load_runtime
-    from service.ml.preprocess import normalize
-
-    if records.checkpoint is None:
-        raise FileNotFoundError("no checkpoint to load")
-    sample = (records.evaluation or {}).get("sample") or {}
-    size = int(sample.get("size") or 0)
-    if size <= 0:
-        raise ValueError("evaluation.json records no sample (sample.size is 0)")
-    labels = dataset.test_labels[:size]
-    if [int(label) for label in labels] != [int(label) for label in sample["labels"]]:
-        raise ValueError("the recorded sample labels are not the first test digits' labels")
-    loaded = load_runtime(records.checkpoint, runtime="eager", device=device, version="candidate")
-    probabilities = loaded.runtime.predict_proba(
-        normalize(dataset.test_images[:size], loaded.normalization)
-    )
-    predictions = probabilities.argmax(axis=1)
-    recorded = np.asarray(sample["predictions"], dtype=np.int64)
-    mismatches = int((predictions != recorded).sum())
-    note = ""
-    max_diff = 0.0
-    if sample.get("probabilities") is not None:
-        max_diff = float(np.abs(probabilities - np.asarray(sample["probabilities"])).max())
-    else:
-        note = " (no probabilities recorded)"
-    return mismatches, size, max_diff, note
 
 
 def _serving_runtime(
-    records: RunRecords, dataset: Any, criteria: Criteria, required: str, device: str,
-    runtime: str,
+    runtimes: dict[str, Any], criteria: Criteria, required: str
 ) -> CriterionResult:
-    """The runtime serving will build (RUNTIME on DEVICE, e.g. auto on CPU -> int8 ONNX) against
-    eager PyTorch on the whole evaluation split: exported and quantized variants may differ."""
-    try:
-        from service.inference.export import check_variant
-
-        report = check_variant(
-            records.checkpoint, runtime, dataset.test_images, dataset.test_labels,
-            device=device,
-            min_agreement=criteria.min_runtime_agreement,
-            max_accuracy_drop_points=criteria.max_runtime_accuracy_drop * 100.0,
-        )
-    except Exception as exc:  # serving could not build this runtime either
+    """A runtime serving may use was found: with RUNTIME=auto the fastest variant that meets the
+    bars (eager always does); a named RUNTIME only if that variant itself meets them."""
+    if "error" in runtimes or "requested" not in runtimes:
         return CriterionResult("serving_runtime", False, None, required,
-                               f"runtime {runtime!r}: {type(exc).__name__}: {exc}")
-    drop = float(report.get("accuracy_drop_points", 0.0)) / 100.0
+                               runtimes.get("error", "not measured"))
+    requested, chosen = runtimes["requested"], runtimes.get("chosen")
+    recorded = RuntimeCriteria(**runtimes.get("criteria", {}))
+    if recorded != criteria.runtime_criteria():
+        return CriterionResult(
+            "serving_runtime", False, chosen, required,
+            f"measured against other bars ({recorded.describe()}) than the policy's",
+        )
     return CriterionResult(
         name="serving_runtime",
-        passed=bool(report["passed"]),
-        measured=round(float(report["agreement"]), 6),
-        required=required,
-        detail=(f"runtime {report['runtime']} (RUNTIME={runtime}) vs eager on "
-                f"{report['sample_size']} evaluation digits: {report['disagreements']} "
-                f"disagreements, accuracy drop {drop:.4f}, max |dp| "
-                f"{report['max_abs_probability_diff']:.2e}"),
+        passed=chosen is not None,
+        measured=chosen or f"{requested} misses",
+        required=(f"RUNTIME={requested}: " + ("the fastest variant with " if requested == "auto"
+                                              else "") + required),
+        detail=(f"{runtimes['summary']} ({runtimes.get('digits')} evaluation digits, "
+                f"{runtimes.get('threads')} thread(s) on {runtimes.get('device')}, "
+                f"{(runtimes.get('machine') or {}).get('model', 'unknown CPU')})"),
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from service.ml.records import write_json
 from service.provenance import git_state, library_versions
+from service.release.checks import run_serving_checks
 from service.release.gate import (
     CriterionResult,
     NotebookOutcome,
@@ -125,7 +126,8 @@ def run_release(
         "champion": champion,
         "policy": policy_source,
         "registry": {"url": registry.url, "model": registry.model_name, "alias": alias},
-        "serving": {"runtime": settings.runtime, "device": settings.device},
+        "serving": {"runtime": settings.runtime, "device": settings.device,
+                    "threads": settings.torch_threads},
     }
     write_json(run_dir / RUN_RECORD, record)
     log.info("run %s in %s (champion: %s)", run_id, run_dir,
@@ -148,6 +150,20 @@ def run_release(
 
     tick = time.perf_counter()
     records = read_records(run_dir)
+    dataset_name = ((records.evaluation or {}).get("dataset") or {}).get("name")
+    if records.usable and not any(nb.error for nb in outcomes):
+        records.serving = run_serving_checks(
+            run_dir, records.checkpoint, records.evaluation or {},  # type: ignore[arg-type]
+            criteria=policy.for_dataset(dataset_name).runtime_criteria(),
+            data_dir=effective["evaluate"].get("data_dir") or effective["train"].get("data_dir"),
+            parity_device=str(effective["evaluate"].get("device") or "auto"),
+            serving_runtime=settings.runtime,
+            serving_device=settings.device,
+            threads=settings.torch_threads,
+        )
+    timings["serving_checks_s"] = round(time.perf_counter() - tick, 3)
+
+    tick = time.perf_counter()
     try:
         verdict = decide(
             policy,
@@ -155,10 +171,6 @@ def run_release(
             records=records,
             champion_version=champion["version"] if champion else None,
             dataset_hint=effective["train"].get("dataset"),
-            data_dir=effective["evaluate"].get("data_dir") or effective["train"].get("data_dir"),
-            device=str(effective["evaluate"].get("device") or "auto"),
-            serving_runtime=settings.runtime,
-            serving_device=settings.device,
         )
     except Exception as exc:  # records the gate cannot read refuse the release, on the record
         log.exception("the gate could not judge run %s", run_id)
@@ -168,13 +180,14 @@ def run_release(
     timings["gate_s"] = round(time.perf_counter() - tick, 3)
 
     record.update(_lineage(records, outcomes, reports, run_dir))
+    record["runtimes"] = (records.serving or {}).get("runtimes")
     record["gate"] = verdict.as_dict()
     record["release"] = None
 
     version = None
     if verdict.passed:
         tick = time.perf_counter()
-        version = _publish(registry, records.checkpoint, record, verdict, alias, champion,
+        version = _publish(registry, records, record, verdict, alias, champion,
                            settings.model_alias)
         timings["publish_s"] = round(time.perf_counter() - tick, 3)
         record["gate"] = verdict.as_dict()
@@ -294,7 +307,7 @@ def _lineage(records: RunRecords, outcomes: list[NotebookOutcome], reports: dict
 
 def _publish(
     registry: Registry,
-    checkpoint: Path | None,
+    records: RunRecords,
     record: dict[str, Any],
     verdict: Verdict,
     alias: str,
@@ -302,13 +315,16 @@ def _publish(
     champion_alias: str,
 ) -> str | None:
     """Publish under the lock, on condition that the champion did not move during the run."""
+    checkpoint = records.checkpoint
     assert checkpoint is not None  # the gate refuses runs without one
     card = {key: value for key, value in record.items() if key not in ("status", "release")}
     card["gate"] = verdict.as_dict()
     expected = champion["version"] if champion else None
     try:
-        # Runtimes the gate exported and checked (serving_runtime) travel with the version.
-        artefacts = sorted(checkpoint.parent.glob(f"{checkpoint.stem}.*.onnx"))
+        # The runtimes the serving checks chose (exported graphs) and the verification set
+        # serving checks them against travel with the version.
+        published = (records.serving or {}).get("artefacts", [])
+        artefacts = [records.run_dir / name for name in published]
         version = registry.publish(checkpoint, card, aliases=(alias,),
                                    expect={champion_alias: expected}, artefacts=artefacts)
     except RegistryError as exc:

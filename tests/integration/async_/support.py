@@ -24,7 +24,7 @@ import pytest
 import redis
 import torch
 
-from service.inference.runtime import load_runtime
+from service.inference.loader import load_runtime
 from service.ml.checkpoint import save_checkpoint
 from service.ml.data import load_dataset
 from service.ml.model import build_model

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -112,6 +115,60 @@ def render_upload(
         canvas = 255 - canvas
     rgb = Image.fromarray(canvas).convert("RGB")
     return encode(rgb, "JPEG", quality=int(rng.integers(60, 91)))
+
+
+LAB2PROD = str(Path(sys.executable).parent / "lab2prod")
+SETTINGS_TO_CLEAR = ("REDIS_URL", "AMQP_URL", "LOAD_MODEL", "MODEL_ALIAS", "ACCESS_LOG", "RUNTIME",
+                     "REGISTRY_URL", "PORT")
+
+
+def serve_env(registry: Path | None, **extra: str) -> dict[str, str]:
+    """The environment of a `lab2prod serve` under test: eager on the CPU unless ``extra`` says
+    otherwise, and none of the developer's own service settings."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("LAB2PROD") and key not in SETTINGS_TO_CLEAR}
+    env.update(RUNTIME="eager", DEVICE="cpu", LOG_JSON="true", MODEL_POLL_INTERVAL_S="0.2")
+    if registry is not None:
+        env["REGISTRY_URL"] = str(registry)
+    env.update(extra)
+    return env
+
+
+class ServeProcess:
+    """A real `lab2prod serve` on a free port of 127.0.0.1, its log in ``workdir``."""
+
+    def __init__(self, registry: Path | None, workdir: Path, *args: str, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / f"serve-{self.port}.log"
+        self.process = subprocess.Popen(
+            [LAB2PROD, "serve", *args], env=serve_env(registry, PORT=str(self.port), **env),
+            cwd=workdir, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"),
+        )
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"lab2prod serve exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        tail = self.log.read_text()[-2000:]
+        raise AssertionError(f"lab2prod serve not ready in {timeout}s: {tail}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
 
 
 def free_port() -> int:

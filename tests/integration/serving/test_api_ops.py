@@ -18,7 +18,10 @@ async def test_health_and_ready_say_the_model_is_loaded_and_warm(registry_dir):
     assert ready.status_code == 200
     body = ready.json()
     assert body["status"] == "ready"
-    assert body["model"] == {"loaded": True, "warm": True, "version": "v1"}
+    # published without a verification set (as versions before runtime selection were): nothing
+    # to measure agreement on, so the runtime is reported and the agreement is unknown
+    assert body["model"] == {"loaded": True, "warm": True, "version": "v1", "runtime": "eager",
+                             "agreement": None}
     assert body["cache"]["redis"] == "disabled"
     assert body["queue"]["max"] == 1024
 

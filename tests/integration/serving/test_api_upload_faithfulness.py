@@ -9,7 +9,7 @@ import torch
 from serving_support import render_upload
 
 from service.api.inputs import digit_from_image
-from service.inference.runtime import load_runtime
+from service.inference.loader import load_runtime
 from service.ml.data import load_dataset
 from service.ml.preprocess import normalize
 

@@ -46,7 +46,8 @@ async def ready(request: Request) -> Response:
         model_status = {"loaded": False, "required": False}
         serving = checks.get("broker") == "ok"
     else:
-        model_status = {"loaded": model.ready, "warm": model.ready, "version": model.version}
+        model_status = {"loaded": model.ready, "warm": model.ready, "version": model.version,
+                        **model.runtime_summary()}
         serving = model.ready and batcher is not None and batcher.running
     degraded = cache_status["redis"] == "degraded" or any(
         value not in ("ok", "disabled") for value in checks.values()

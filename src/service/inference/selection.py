@@ -1,0 +1,216 @@
+"""Which runtime serves this model: every selectable variant measured at release, the fastest
+that answers like eager chosen.
+
+For one checkpoint, on the evaluation digits and the device and thread count serving will use,
+each variant that builds here is run against eager PyTorch (agreement, accuracy drop, largest
+probability difference: ``verification.compare``) and timed at batch 1 and 32. The variants that
+meet the policy's bars, fastest at batch 32 first, form the *chain*: the choice and, behind it,
+what serving falls back to when a variant misses on its own machine. Eager always qualifies (it
+is the reference), so the chain always ends with a runtime that serves. A variant that misses or
+cannot be built is kept in the table with its figures and the reason, never an error.
+
+``RUNTIME=auto`` takes the chain. A named ``RUNTIME`` is a request: it is chosen only if it
+qualifies, and ``RuntimeSelection.explain`` names the variants that would.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from service.inference.runtime import (
+    EagerRuntime,
+    RuntimeUnavailable,
+    build_runtime,
+    selectable_variants,
+)
+from service.inference.verification import Agreement, RuntimeCriteria, compare, predict_all
+from service.ml.checkpoint import LoadedCheckpoint
+from service.ml.preprocess import normalize
+from service.provenance import cpu_description
+
+log = logging.getLogger(__name__)
+
+Status = Literal["qualifies", "misses", "unavailable"]
+SPEED_BATCHES = (1, 32)
+SPEED_SECONDS = 0.4  # of calls per variant and batch size: medians settle well within this
+
+
+@dataclass
+class VariantMeasurement:
+    """One variant for one model on this machine."""
+
+    name: str
+    status: Status
+    reasons: list[str] = field(default_factory=list)  # why it misses or cannot be built
+    agreement: Agreement | None = None
+    images_per_s: dict[str, float] = field(default_factory=dict)  # {"batch_1": .., "batch_32": ..}
+    build_s: float = 0.0
+    artifact: str | None = None  # an exported file serving needs (ONNX graphs)
+
+    @property
+    def speed(self) -> float:
+        return self.images_per_s.get("batch_32", 0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["agreement"] = asdict(self.agreement) if self.agreement else None
+        return data
+
+
+@dataclass
+class RuntimeSelection:
+    """The table of variants for one model, the choice and the fallback chain behind it."""
+
+    requested: str
+    device: str
+    threads: int
+    machine: dict[str, Any]
+    criteria: RuntimeCriteria
+    digits: int
+    variants: list[VariantMeasurement]
+    chosen: str | None  # None: the requested variant misses (the gate refuses)
+    chain: list[str]  # what serving tries in order, verifying each: the choice first
+
+    def qualifying(self) -> list[VariantMeasurement]:
+        """Variants that meet the bars, fastest at batch 32 first."""
+        passed = [v for v in self.variants if v.status == "qualifies"]
+        return sorted(passed, key=lambda v: -v.speed)
+
+    def measured(self, name: str) -> VariantMeasurement | None:
+        return next((v for v in self.variants if v.name == name), None)
+
+    def explain(self) -> str:
+        """One line: the choice against eager (or why the requested variant is refused, and
+        what would pass instead), then every variant passed over with its reason."""
+        eager, qualifying = self.measured("eager"), self.qualifying()
+        chosen = self.measured(self.chosen) if self.chosen else None
+        if chosen is not None and chosen.agreement is not None:
+            speedup = chosen.speed / eager.speed if eager and eager.speed else float("nan")
+            head = (f"{chosen.name} (RUNTIME={self.requested}): {chosen.speed:,.0f} images/s at "
+                    f"batch 32 ({speedup:.1f}x eager), {chosen.agreement.summary()}")
+        else:
+            wanted = self.measured(self.requested)
+            why = "; ".join(wanted.reasons) if wanted else "not measured"
+            head = f"RUNTIME={self.requested} misses on this machine ({why})"
+            if qualifying:
+                head += (f"; these pass: {', '.join(v.name for v in qualifying)}. Set "
+                         f"RUNTIME=auto (serves {qualifying[0].name}) or RUNTIME="
+                         f"{qualifying[0].name}")
+        skipped = [f"{v.name} ({'; '.join(v.reasons)})" for v in self.variants
+                   if v.status != "qualifies" and v.name != self.requested]
+        return head + (f"; passed over: {', '.join(skipped)}" if skipped else "")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requested": self.requested,
+            "chosen": self.chosen,
+            "chain": self.chain,
+            "device": self.device,
+            "threads": self.threads,
+            "machine": self.machine,
+            "criteria": asdict(self.criteria),
+            "digits": self.digits,
+            "variants": [variant.as_dict() for variant in self.variants],
+        }
+
+
+def select_runtime(
+    checkpoint: LoadedCheckpoint,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    requested: str = "auto",
+    criteria: RuntimeCriteria | None = None,
+    threads: int = 1,
+    seconds: float = SPEED_SECONDS,
+    names: list[str] | None = None,
+) -> tuple[RuntimeSelection, np.ndarray]:
+    """Measure the variants for ``checkpoint`` on ``images`` (uint8 [N,28,28]) with ``threads``
+    inference threads, as serving runs them; returns the selection and eager's probabilities."""
+    criteria = criteria or RuntimeCriteria()
+    device = next(checkpoint.model.parameters()).device
+    names = names or _candidates(device, requested)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        inputs = normalize(images, checkpoint.normalization)
+        reference = predict_all(EagerRuntime(checkpoint.model, device), inputs)
+        variants = [_measure(checkpoint, name, device, inputs, reference, labels, criteria,
+                             seconds) for name in names]
+    finally:
+        torch.set_num_threads(previous_threads)
+    selection = RuntimeSelection(
+        requested=requested, device=str(device), threads=threads, machine=cpu_description(),
+        criteria=criteria, digits=len(images), variants=variants, chosen=None, chain=[],
+    )
+    qualifying = [v.name for v in selection.qualifying()]
+    if requested == "auto":
+        # Eager never misses, so the chain ends at it: nothing slower needs trying after it.
+        selection.chain = qualifying[: qualifying.index("eager") + 1]
+        selection.chosen = selection.chain[0]
+    elif requested in qualifying:
+        selection.chosen, selection.chain = requested, [requested]
+    return selection, reference
+
+
+def _candidates(device: torch.device, requested: str) -> list[str]:
+    names = selectable_variants(device)
+    if requested not in ("auto", *names):
+        names.append(requested)
+    return names
+
+
+def _measure(
+    checkpoint: LoadedCheckpoint,
+    name: str,
+    device: torch.device,
+    inputs: torch.Tensor,
+    reference: np.ndarray,
+    labels: np.ndarray,
+    criteria: RuntimeCriteria,
+    seconds: float,
+) -> VariantMeasurement:
+    started = time.perf_counter()
+    try:
+        runtime = build_runtime(checkpoint, name, device)
+    except (RuntimeUnavailable, ImportError, OSError) as exc:
+        log.info("runtime %s cannot be built here: %s", name, exc)
+        return VariantMeasurement(name, "unavailable", [f"cannot be built here: {exc}"])
+    build_s = time.perf_counter() - started
+    if runtime.name != name:  # torch.compile without a compiler serves eager instead
+        return VariantMeasurement(name, "unavailable", [f"built as {runtime.name} here"],
+                                  build_s=round(build_s, 3))
+    agreement = compare(reference, predict_all(runtime, inputs), labels)
+    reasons = [] if name == "eager" else agreement.misses(criteria)
+    speed = {f"batch_{size}": round(_images_per_second(runtime, inputs, size, seconds), 1)
+             for size in SPEED_BATCHES}
+    artifact = getattr(runtime, "artifact", None)
+    log.info("runtime %s: %s; %s images/s at batch 32", name, agreement.summary(),
+             f"{speed['batch_32']:,.0f}")
+    return VariantMeasurement(
+        name, "misses" if reasons else "qualifies", reasons, agreement, speed,
+        round(build_s, 3), str(artifact) if artifact else None,
+    )
+
+
+def _images_per_second(runtime: Any, inputs: torch.Tensor, size: int, seconds: float) -> float:
+    """Digits per second from the median of calls on distinct batches of ``size``."""
+    batches = [inputs[start:start + size].clone()
+               for start in range(0, len(inputs) - size + 1, size)][:64] or [inputs[:size]]
+    for batch in batches[:3]:
+        runtime.predict_proba(batch)  # first calls allocate and pick kernels
+    timings: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(timings) < 10:
+        batch = batches[len(timings) % len(batches)]
+        tick = time.perf_counter()
+        runtime.predict_proba(batch)
+        timings.append(time.perf_counter() - tick)
+    return len(batches[0]) / statistics.median(timings)

@@ -1,0 +1,158 @@
+"""The serving checks of a release run: the candidate through the code that will serve it.
+
+Run after the notebooks, before the gate; the gate then judges what this wrote, like every other
+record (``serving.json`` in the run folder):
+
+- *parity*: the checkpoint, loaded through the serving loader with eager PyTorch, replays the
+  sample of test digits evaluate.ipynb recorded, prediction for prediction;
+- *runtimes*: every runtime variant that builds here is measured for this model on the whole
+  evaluation split (``inference.selection``): agreement with eager, accuracy drop, speed; the
+  choice for ``RUNTIME`` and the fallback chain are recorded;
+- the *verification set* serving checks its runtime against on its own machine: evaluation
+  digits with eager's probabilities (``inference.verification``).
+
+The exported runtime files of the chain and the verification set are listed as artefacts; a
+passing release publishes them with the version.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.inference.verification import (
+    MAX_VERIFICATION_DIGITS,
+    VERIFICATION_FILE,
+    RuntimeCriteria,
+    VerificationSet,
+)
+from service.ml.records import write_json
+
+SERVING_RECORD = "serving.json"
+
+
+def run_serving_checks(
+    run_dir: str | Path,
+    checkpoint: Path,
+    evaluation: dict[str, Any],
+    *,
+    criteria: RuntimeCriteria,
+    data_dir: str | Path | None = None,
+    parity_device: str = "auto",
+    serving_runtime: str = "auto",
+    serving_device: str = "auto",
+    threads: int = 1,
+    variants: list[str] | None = None,
+) -> dict[str, Any]:
+    """Measure, write ``<run_dir>/serving.json`` and return it. A check that cannot run records
+    its error instead of raising: the gate refuses on it, with the reason. ``variants`` limits
+    the runtimes measured (default: every selectable one, plus ``serving_runtime``)."""
+    started = time.perf_counter()
+    record: dict[str, Any] = {"parity": None, "runtimes": None, "verification_set": None,
+                              "artefacts": []}
+    try:
+        dataset = evaluation_dataset(evaluation, data_dir=data_dir)
+    except Exception as exc:  # the data evaluate.ipynb used cannot be reproduced here
+        failure = {"error": f"{type(exc).__name__}: {exc}"}
+        record.update(parity=failure, runtimes=failure)
+        return _write(run_dir, record, started)
+    try:
+        record["parity"] = replay_sample(checkpoint, evaluation, dataset, device=parity_device)
+    except Exception as exc:  # any failure to load or replay refuses the release
+        record["parity"] = {"error": f"{type(exc).__name__}: {exc}"}
+    try:
+        record.update(_select_runtime(
+            run_dir, checkpoint, dataset, criteria=criteria, requested=serving_runtime,
+            device=serving_device, threads=threads, variants=variants,
+        ))
+    except Exception as exc:  # not even eager could be measured
+        record["runtimes"] = {"error": f"{type(exc).__name__}: {exc}"}
+    return _write(run_dir, record, started)
+
+
+def _write(run_dir: str | Path, record: dict[str, Any], started: float) -> dict[str, Any]:
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    write_json(Path(run_dir) / SERVING_RECORD, record)
+    return record
+
+
+def evaluation_dataset(evaluation: dict[str, Any], *, data_dir: str | Path | None = None) -> Any:
+    """The evaluation data exactly as evaluate.ipynb loaded it (checked by fingerprint)."""
+    from service.ml.data import load_dataset
+
+    described = evaluation.get("dataset") or {}
+    split = described.get("split") or {}
+    dataset = load_dataset(
+        described["name"],
+        split.get("folder") or data_dir or None,
+        limit=split.get("train_limit"),
+        test_limit=split.get("test_limit"),
+    )
+    if described.get("fingerprint") and dataset.fingerprint() != described["fingerprint"]:
+        raise ValueError(
+            f"the gate loaded different {described['name']} data than evaluate.ipynb "
+            f"(fingerprint {dataset.fingerprint()[:19]} vs {described['fingerprint'][:19]})"
+        )
+    return dataset
+
+
+def replay_sample(
+    checkpoint: Path, evaluation: dict[str, Any], dataset: Any, *, device: str = "auto"
+) -> dict[str, Any]:
+    """Load the checkpoint as serving does (eager) and replay the notebook's recorded sample:
+    {mismatches, size, max_probability_diff, probabilities_recorded}."""
+    from service.inference.loader import load_runtime
+    from service.ml.preprocess import normalize
+
+    sample = evaluation.get("sample") or {}
+    size = int(sample.get("size") or 0)
+    if size <= 0:
+        raise ValueError("evaluation.json records no sample (sample.size is 0)")
+    labels = dataset.test_labels[:size]
+    if [int(label) for label in labels] != [int(label) for label in sample["labels"]]:
+        raise ValueError("the recorded sample labels are not the first test digits' labels")
+    loaded = load_runtime(checkpoint, runtime="eager", device=device, version="candidate")
+    probabilities = loaded.runtime.predict_proba(
+        normalize(dataset.test_images[:size], loaded.normalization)
+    )
+    recorded = np.asarray(sample["predictions"], dtype=np.int64)
+    has_probabilities = sample.get("probabilities") is not None
+    return {
+        "mismatches": int((probabilities.argmax(axis=1) != recorded).sum()),
+        "size": size,
+        "max_probability_diff": float(
+            np.abs(probabilities - np.asarray(sample["probabilities"])).max()
+        ) if has_probabilities else 0.0,
+        "probabilities_recorded": has_probabilities,
+    }
+
+
+def _select_runtime(
+    run_dir: str | Path, checkpoint: Path, dataset: Any, *, criteria: RuntimeCriteria,
+    requested: str, device: str, threads: int, variants: list[str] | None,
+) -> dict[str, Any]:
+    """The runtime table and the verification set, both for this checkpoint."""
+    from service.inference.runtime import resolve_device
+    from service.inference.selection import select_runtime
+    from service.ml.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(checkpoint, device=resolve_device(device))
+    selection, eager = select_runtime(
+        loaded, dataset.test_images, dataset.test_labels, requested=requested,
+        criteria=criteria, threads=threads, names=variants,
+    )
+    keep = slice(0, MAX_VERIFICATION_DIGITS)
+    verification = VerificationSet(
+        dataset.test_images[keep], dataset.test_labels[keep], eager[keep],
+        str(loaded.metadata["weights_sha256"]), criteria,
+    ).save(Path(run_dir) / VERIFICATION_FILE)
+    artefacts = [Path(variant.artifact).name for name in selection.chain
+                 if (variant := selection.measured(name)) and variant.artifact]
+    return {
+        "runtimes": {**selection.as_dict(), "summary": selection.explain()},
+        "verification_set": verification.name,
+        "artefacts": [*artefacts, verification.name],
+    }
