@@ -20,7 +20,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from service.release.registry import Registry
+from service.registry import open_registry
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +93,7 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     project = make_project(tmp_path_factory.mktemp("project"))
     first = release(project, "first", *TINY)
     assert first.returncode == 0, first.stderr[-3000:]
-    after_first = Registry(project / "models").aliases()
+    after_first = open_registry(project / "models").aliases()
     second = release(project, "second", *TINY)
     assert second.returncode == 0, second.stderr[-3000:]
     return {"project": project, "first": first, "second": second, "after_first": after_first}
@@ -113,7 +113,7 @@ def test_a_passing_release_publishes_v1_and_moves_production(released):
 def test_a_second_passing_release_moves_production_to_v2_and_previous_to_v1(released):
     second = released["second"]
     assert "released mnist-cnn v2" in second.stdout
-    registry = Registry(released["project"] / "models")
+    registry = open_registry(released["project"] / "models")
     assert registry.versions() == ["v1", "v2"]
     assert registry.aliases() == {"production": "v2", "previous": "v1"}
     assert second.record["champion"]["version"] == "v1"
@@ -168,7 +168,7 @@ def test_the_run_record_holds_the_lineage_and_the_verdict(released):
 
 
 def test_the_model_card_is_the_runs_lineage(released):
-    card = Registry(released["project"] / "models").card("production")
+    card = open_registry(released["project"] / "models").card("production")
     assert card["run_id"] == "second" and card["version"] == "v2"
     assert card["champion"]["version"] == "v1"
     assert card["gate"]["passed"]
@@ -188,7 +188,7 @@ def test_rollback_restores_the_previous_version(released, tmp_path):
     shutil.copytree(released["project"] / "models", project / "models")
     done = lab2prod(project, "models", "rollback")
     assert done.returncode == 0, done.stderr
-    assert Registry(project / "models").aliases() == {"production": "v1", "previous": "v2"}
+    assert open_registry(project / "models").aliases() == {"production": "v1", "previous": "v2"}
     listed = lab2prod(project, "models", "list").stdout.splitlines()
     assert listed[1].split()[:2] == ["v1", "production"]
     assert listed[2].split()[:2] == ["v2", "previous"]

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
-from service.release.registry import Registry
+from service.registry import ModelRegistry, open_registry
 from service.settings import get_settings
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelRegistry:
     """A project folder with two published versions; settings read from it."""
     monkeypatch.chdir(tmp_path)
     for name in ("REGISTRY_URL", "MODEL_NAME"):
@@ -21,7 +21,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
     get_settings.cache_clear()
     checkpoint = tmp_path / "candidate.safetensors"
     checkpoint.write_bytes(b"weights")
-    registry = Registry("models", "mnist-cnn")
+    registry = open_registry("models", "mnist-cnn")
     for run_id, accuracy in (("run-a", 0.9712), ("run-b", 0.9801)):
         card = {"run_id": run_id, "metrics": {"candidate": {"accuracy": accuracy}},
                 "data": {"evaluation": {"name": "mnist-5k"}}}

@@ -7,20 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.release.registry import Registry
+from service.registry import open_registry
 
 PUBLISHERS, PROMOTERS = 8, 4
 
 PUBLISH = """
 import sys
-from service.release.registry import Registry
-registry = Registry(sys.argv[1], "mnist-cnn")
+from service.registry import open_registry
+registry = open_registry(sys.argv[1], "mnist-cnn")
 print(registry.publish(sys.argv[2], {"run_id": sys.argv[3]}))
 """
 PROMOTE = """
 import sys, time
-from service.release.registry import Registry, RegistryError
-registry = Registry(sys.argv[1], "mnist-cnn")
+from service.registry import open_registry, RegistryError
+registry = open_registry(sys.argv[1], "mnist-cnn")
 for _ in range(200):  # promote whatever exists as soon as something does
     versions = registry.versions()
     if versions:
@@ -50,7 +50,7 @@ def test_concurrent_publishes_and_promotions_lose_no_version_and_keep_aliases_va
     outputs = [process.communicate(timeout=120)[0].strip() for process in processes]
     assert all(process.returncode == 0 for process in processes), outputs
 
-    registry = Registry(url, "mnist-cnn")
+    registry = open_registry(url, "mnist-cnn")
     expected = [f"v{n}" for n in range(1, PUBLISHERS + 1)]
     assert sorted(outputs[:PUBLISHERS], key=lambda v: int(v[1:])) == expected
     assert registry.versions() == expected

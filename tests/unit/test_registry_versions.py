@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.release.registry import Registry, RegistryError
+from service.registry import ModelRegistry, RegistryError, open_registry
 
 
 @pytest.fixture
@@ -18,8 +18,8 @@ def checkpoint(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Registry:
-    return Registry(tmp_path / "models", "mnist-cnn")
+def registry(tmp_path: Path) -> ModelRegistry:
+    return open_registry(tmp_path / "models", "mnist-cnn")
 
 
 def test_first_publish_is_v1_and_moves_production(registry, checkpoint):
@@ -119,10 +119,23 @@ def test_an_artefact_may_not_replace_the_checkpoint(registry, checkpoint, tmp_pa
 
 
 def test_a_remote_registry_fetches_the_whole_version(tmp_path, checkpoint):
-    remote = Registry(f"memory://{tmp_path.name}/models", "mnist-cnn")
+    remote = open_registry(f"memory://{tmp_path.name}/models", "mnist-cnn")
     artefact = tmp_path / "model.0123456789ab.onnx"
     artefact.write_bytes(b"graph")
     remote.publish(checkpoint, {}, artefacts=[artefact])
     local = remote.checkpoint_path("production")
     assert local.read_bytes() == b"weights-1"
     assert (local.parent / artefact.name).read_bytes() == b"graph"
+
+
+def test_the_backend_is_chosen_by_the_urls_scheme(tmp_path):
+    from service.registry import FolderRegistry
+
+    assert isinstance(open_registry(tmp_path / "models"), FolderRegistry)
+    assert isinstance(open_registry(f"file://{tmp_path}/models"), FolderRegistry)
+    assert isinstance(open_registry("memory://bucket/models"), FolderRegistry)
+
+
+def test_an_unknown_scheme_is_refused_with_the_ones_that_work():
+    with pytest.raises(RegistryError, match=r"no registry backend serves nope:// URLs.*s3://"):
+        open_registry("nope://somewhere/models")

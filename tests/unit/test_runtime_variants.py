@@ -113,13 +113,13 @@ def test_artifact_is_named_by_the_weights_and_reused(tmp_path):
 
 
 def test_a_published_version_is_never_written_to_artefacts_go_to_a_cache(tmp_path):
-    from service.release.registry import Registry
+    from service.registry import open_registry
 
     source = save_checkpoint(tmp_path / "run" / "model.safetensors", build_model().eval())
-    registry = Registry(tmp_path / "models")
+    registry = open_registry(tmp_path / "models")
     registry.publish(source, {})  # published without its ONNX artefact
     published = registry.checkpoint_path("production")
     before = sorted(p.name for p in published.parent.iterdir())
-    path = export.ensure_artifact(load_checkpoint(published), "onnx")
-    assert path.parent != published.parent and path.exists()
+    loaded = load_runtime(published, runtime="onnx", device="cpu", read_only=True)
+    assert loaded.runtime.artifact.parent == export.ARTIFACT_CACHE
     assert sorted(p.name for p in published.parent.iterdir()) == before

@@ -111,10 +111,10 @@ class Run:
 def publish_registry(checkpoint: Path, work_dir: Path, model_name: str) -> Path:
     """A fresh registry holding only ``checkpoint`` as production (never the user's)."""
     from service.inference.loader import load_runtime
-    from service.release.registry import Registry
+    from service.registry import open_registry
 
     root = work_dir / f"registry-{uuid.uuid4().hex[:8]}"
-    registry = Registry(root, model_name)
+    registry = open_registry(root, model_name)
     version = registry.publish(checkpoint, {"source": "lab2prod bench"})
     # Export the serving runtime's artefact now, as a release does, so that servers and workers
     # start from it: their memory is then what a deployed process holds, not the exporter's.

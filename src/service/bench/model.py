@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from service.ml.checkpoint import read_metadata
-from service.release.registry import Registry, RegistryError
+from service.registry import RegistryError, open_registry
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def bench_checkpoint(
         read_metadata(path)  # refuses a missing or foreign file with a clear message
         return path, f"given: {path}"
     try:
-        path = Registry(registry_url, model_name).checkpoint_path(alias)
+        path = open_registry(registry_url, model_name).checkpoint_path(alias)
         return path, f"registry {registry_url} {model_name}@{alias}"
     except RegistryError:
         pass

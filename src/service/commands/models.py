@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from service.release.registry import PRODUCTION
+from service.registry import PRODUCTION
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,11 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _registry() -> Any:
-    from service.release.registry import Registry
+    from service.registry import open_registry
     from service.settings import get_settings
 
     settings = get_settings()
-    return Registry(settings.registry_url, settings.model_name)
+    return open_registry(settings.registry_url, settings.model_name)
 
 
 def _fail(exc: Exception) -> int:
@@ -45,7 +45,7 @@ def _fail(exc: Exception) -> int:
 
 def list_versions(args: argparse.Namespace) -> int:
     """One line per version: aliases, accuracy, run and publish time."""
-    from service.release.registry import RegistryError
+    from service.registry import RegistryError
 
     registry = _registry()
     try:
@@ -80,7 +80,7 @@ def _card_or_empty(registry: Any, version: str) -> dict[str, Any]:
 
 
 def show_card(args: argparse.Namespace) -> int:
-    from service.release.registry import RegistryError
+    from service.registry import RegistryError
 
     registry = _registry()
     try:
@@ -92,7 +92,7 @@ def show_card(args: argparse.Namespace) -> int:
 
 
 def promote_version(args: argparse.Namespace) -> int:
-    from service.release.registry import RegistryError
+    from service.registry import RegistryError
 
     registry = _registry()
     try:
@@ -105,7 +105,7 @@ def promote_version(args: argparse.Namespace) -> int:
 
 
 def rollback(args: argparse.Namespace) -> int:
-    from service.release.registry import RegistryError
+    from service.registry import RegistryError
 
     registry = _registry()
     try:

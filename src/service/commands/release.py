@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from service.release.registry import PRODUCTION
+from service.registry import PRODUCTION
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,10 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from service.registry import RegistryError
     from service.release.gate import PolicyError, format_failures
     from service.release.params import ParameterError, collect_parameters
     from service.release.pipeline import ReleaseError, run_release
-    from service.release.registry import RegistryError
     from service.settings import get_settings
 
     _show_progress()

@@ -3,10 +3,10 @@
 Artefacts live next to the checkpoint they came from and are named by its weights checksum
 (``model.3f2a9c1d04b7.int8.onnx``), so a file that exists is the right one: a new checkpoint
 gets a new name, and several workers building the same file at once write the same bytes
-(each to a temporary file, then an atomic rename). The release gate builds them in the run
-folder and ``lab2prod release`` publishes them with the version; a registry version is never
-written to afterwards, so a missing artefact (a version published without one) is built in a
-cache folder under the system temp directory, as it is when the folder is read-only.
+(each to a temporary file, then an atomic rename). The release's serving checks build them in
+the run folder and ``lab2prod release`` publishes them with the version; a published version is
+loaded read-only, so a missing artefact (a version published without one) is built in a cache
+folder under the system temp directory, as it is when the folder is not writable.
 
 Whether an exported variant answers like eager is measured elsewhere (``inference.selection`` at
 release, ``inference.verification`` where it serves).
@@ -29,7 +29,6 @@ import torch
 
 from service.ml.checkpoint import LoadedCheckpoint
 from service.ml.preprocess import normalize
-from service.release.registry import CARD_FILE
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +37,7 @@ INPUT_NAME, OUTPUT_NAME = "digits", "probabilities"
 ONNX_OPSET = 17
 CALIBRATION_DIGITS = 256
 CALIBRATION_SEED = 0
+ARTIFACT_CACHE = Path(tempfile.gettempdir()) / "lab2prod-artifacts"
 
 
 class _Probabilities(torch.nn.Module):
@@ -65,8 +65,8 @@ def artifact_path(checkpoint: LoadedCheckpoint, variant: str) -> Path:
         return folder / name
     # A registry version is immutable once published (its artefacts come with it from the
     # release); a read-only folder cannot take one either: build those in a cache folder.
-    if (folder / CARD_FILE).exists() or not os.access(folder, os.W_OK):
-        folder = Path(tempfile.gettempdir()) / "lab2prod-artifacts"
+    if checkpoint.read_only or not os.access(folder, os.W_OK):
+        folder = ARTIFACT_CACHE
     return folder / name
 
 

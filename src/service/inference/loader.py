@@ -45,15 +45,17 @@ def load_runtime(
     device: str = "auto",
     version: str = "unversioned",
     selection: dict[str, Any] | None = None,
+    read_only: bool = False,
 ) -> LoadedModel:
     """Load a checkpoint and the runtime that serves it here (see the module docstring).
 
     ``selection`` is the release's runtime measurement (the model card's ``runtimes``); the
     verification set is read from the checkpoint's folder when it was published there.
+    ``read_only``: the folder is a published version; nothing is written into it.
     """
     path = Path(path)
     target = resolve_device(device)
-    checkpoint = load_checkpoint(path, device=target)
+    checkpoint = load_checkpoint(path, device=target, read_only=read_only)
     verification_set = _verification_set(path.parent, checkpoint)
     chain = runtime_chain(runtime, target, selection, verifiable=verification_set is not None)
     fallbacks: list[dict[str, str]] = []

@@ -31,7 +31,7 @@ from service.inference.runtime import LoadedModel, RuntimeUnavailable
 from service.ml.checkpoint import CheckpointError
 from service.ml.preprocess import IMAGE_SIDE, Normalization, normalize
 from service.observability import MODEL_INFO, MODEL_READY, MODEL_RELOADS, RUNTIME_AGREEMENT
-from service.release.registry import Registry, RegistryError
+from service.registry import ModelRegistry, RegistryError, open_registry
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -68,9 +68,9 @@ class _Active:
 
 
 class ModelManager:
-    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
+    def __init__(self, settings: Settings, registry: ModelRegistry | None = None) -> None:
         self.settings = settings
-        self.registry = registry or Registry(settings.registry_url, settings.model_name)
+        self.registry = registry or open_registry(settings.registry_url, settings.model_name)
         self.alias = settings.model_alias
         self._active: _Active | None = None
         self._refused: str | None = None  # the version that failed to load last time
@@ -112,7 +112,7 @@ class ModelManager:
             card = self.registry.card(version)
             model = load_runtime(
                 path, runtime=self.settings.runtime, device=self.settings.device,
-                version=version, selection=card.get("runtimes"),
+                version=version, selection=card.get("runtimes"), read_only=True,
             )
         except RuntimeUnavailable as exc:
             raise ModelUnavailable(

@@ -36,6 +36,7 @@ class LoadedCheckpoint:
     model: nn.Module
     metadata: dict[str, Any]
     path: Path
+    read_only: bool = False  # its folder must not be written to (a published registry version)
 
     @property
     def normalization(self) -> Normalization:
@@ -114,8 +115,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return metadata
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """Load, verify and return the model in eval mode on ``device``."""
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", *, read_only: bool = False
+) -> LoadedCheckpoint:
+    """Load, verify and return the model in eval mode on ``device``; ``read_only`` marks a
+    folder nothing may be written into (files derived from it then go to a cache)."""
     path = Path(path)
     metadata = read_metadata(path)
     architecture = metadata.get("architecture")
@@ -151,4 +155,4 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
             f"{path} is mismatched: its tensors do not fit {architecture} ({exc})"
         ) from exc
     model.to(device).eval()
-    return LoadedCheckpoint(model=model, metadata=metadata, path=path)
+    return LoadedCheckpoint(model=model, metadata=metadata, path=path, read_only=read_only)

@@ -1,1 +1,1 @@
-"""Release: papermill runs, the gate, and the versioned model registry."""
+"""Release: papermill runs of the notebooks, the serving checks, the gate, and publishing."""

@@ -20,6 +20,14 @@ from typing import Any
 
 from service.ml.records import write_json
 from service.provenance import git_state, library_versions
+from service.registry import (
+    PREVIOUS,
+    PRODUCTION,
+    ModelRegistry,
+    RegistryError,
+    check_alias,
+    open_registry,
+)
 from service.release.checks import run_serving_checks
 from service.release.gate import (
     CriterionResult,
@@ -31,13 +39,6 @@ from service.release.gate import (
     read_records,
 )
 from service.release.params import declared_parameters, route_parameters
-from service.release.registry import (
-    PREVIOUS,
-    PRODUCTION,
-    Registry,
-    RegistryError,
-    check_alias,
-)
 from service.settings import Settings
 
 log = logging.getLogger("lab2prod.release")
@@ -89,7 +90,7 @@ def run_release(
     routed = route_parameters(parameters, declared)
 
     check_alias(alias)  # before the run, not after an hour of training
-    registry = Registry(settings.registry_url, settings.model_name)
+    registry = open_registry(settings.registry_url, settings.model_name)
     champion = _current_champion(registry, settings.model_alias)
 
     run_id = run_id or new_run_id()
@@ -207,7 +208,7 @@ def run_release(
     return ReleaseResult(run_id, run_dir, record, verdict, version)
 
 
-def _current_champion(registry: Registry, alias: str) -> dict[str, Any] | None:
+def _current_champion(registry: ModelRegistry, alias: str) -> dict[str, Any] | None:
     """The model serving now (the alias the service follows), or None before the first release."""
     try:
         if alias not in registry.aliases():
@@ -306,7 +307,7 @@ def _lineage(records: RunRecords, outcomes: list[NotebookOutcome], reports: dict
 
 
 def _publish(
-    registry: Registry,
+    registry: ModelRegistry,
     records: RunRecords,
     record: dict[str, Any],
     verdict: Verdict,

@@ -30,7 +30,7 @@ from service.ml.data import load_dataset
 from service.ml.model import build_model
 from service.ml.preprocess import normalize
 from service.queue.broker import dead_letter_names
-from service.release.registry import Registry
+from service.registry import open_registry
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 REPO = Path(__file__).resolve().parents[3]
@@ -141,7 +141,7 @@ def trained_checkpoint(cache_dir: Path) -> Path:
 
 
 def publish_model(registry_dir: Path, checkpoint: Path) -> str:
-    return Registry(registry_dir).publish(checkpoint, {"purpose": "async tests"})
+    return open_registry(registry_dir).publish(checkpoint, {"purpose": "async tests"})
 
 
 def held_out_digits(count: int) -> tuple[np.ndarray, np.ndarray]:

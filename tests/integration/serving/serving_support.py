@@ -28,7 +28,7 @@ from service.ml.checkpoint import save_checkpoint
 from service.ml.data import load_dataset
 from service.ml.model import build_model
 from service.ml.preprocess import normalize
-from service.release.registry import Registry
+from service.registry import open_registry
 from service.settings import Settings
 
 TRAIN_DIGITS, TRAIN_EPOCHS, TRAIN_SEED = 1000, 2, 0  # ~90% on the mnist-5k test split, ~6 s
@@ -64,7 +64,7 @@ def trained_checkpoint(folder: Path) -> Path:
 
 
 def publish(registry_dir: Path, checkpoint: Path, **card: Any) -> str:
-    return Registry(registry_dir, "mnist-cnn").publish(checkpoint, {"source": "tests", **card})
+    return open_registry(registry_dir, "mnist-cnn").publish(checkpoint, {"source": "tests", **card})
 
 
 def settings_for(registry_dir: Path, **overrides: Any) -> Settings:

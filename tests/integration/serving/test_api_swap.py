@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 from serving_support import publish, serving, settings_for
 
-from service.release.registry import Registry
+from service.registry import open_registry
 
 
 async def hammer(client, stop: asyncio.Event, seed: int) -> list[tuple[int, str | None]]:
@@ -80,7 +80,7 @@ async def test_a_broken_new_version_is_refused_and_the_old_one_keeps_serving(
         await asyncio.sleep(0.5)
         answer = await client.post("/predict", json={"pixels": [1] * 784})
         ready = await client.get("/ready")
-        Registry(registry_dir, "mnist-cnn").rollback()  # production back to v1: nothing to do
+        open_registry(registry_dir, "mnist-cnn").rollback()  # production back to v1: nothing to do
         publish(registry_dir, checkpoints["v2"])  # v3, a good one
         await wait_for_version(client, "v3")
     assert answer.status_code == 200 and answer.json()["model_version"] == "v1"
