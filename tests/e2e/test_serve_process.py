@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import signal
 import subprocess
 import sys
@@ -19,56 +18,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "serving"))
 import serving_support as support  # the serving tests' helpers: checkpoints, registry, uploads
+from serving_support import ServeProcess
 
 pytestmark = pytest.mark.slow
-LAB2PROD = str(Path(sys.executable).parent / "lab2prod")
-
-
-def serve_env(registry: Path, **extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LAB2PROD")}
-    for name in ("REDIS_URL", "AMQP_URL", "LOAD_MODEL", "MODEL_ALIAS", "ACCESS_LOG"):
-        env.pop(name, None)
-    env.update(
-        REGISTRY_URL=str(registry), RUNTIME="eager", DEVICE="cpu", LOG_JSON="true",
-        MODEL_POLL_INTERVAL_S="0.2", **extra,
-    )
-    return env
-
-
-class Server:
-    def __init__(self, registry: Path, workdir: Path, *args: str, **env: str) -> None:
-        self.port = support.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / f"serve-{self.port}.log"
-        self.process = subprocess.Popen(
-            [LAB2PROD, "serve", "--port", str(self.port), *args],
-            env=serve_env(registry, **env), cwd=workdir,
-            stdout=subprocess.DEVNULL, stderr=self.log.open("wb"),
-        )
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"lab2prod serve exited: {self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        tail = self.log.read_text()[-2000:]
-        raise AssertionError(f"lab2prod serve not ready in {timeout}s: {tail}")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +32,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = Server(registry, tmp_path_factory.mktemp("serve"), ACCESS_LOG="true")
+def server(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    running = ServeProcess(registry, tmp_path_factory.mktemp("serve"), ACCESS_LOG="true")
     try:
         running.wait_ready()
         yield running
@@ -89,20 +41,15 @@ def server(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         running.stop()
 
 
-def digit_png() -> bytes:
-    canvas = Image.new("RGB", (300, 220), "white")
-    canvas.paste((20, 20, 20), (140, 40, 165, 190))
-    return support.encode(canvas)
-
-
-def test_predict_over_real_http_json_image_and_batch(server: Server):
+def test_predict_over_real_http_json_image_and_batch(server: ServeProcess):
     with httpx.Client(base_url=server.url, timeout=10) as client:
         first = client.post(
             "/predict", json={"pixels": [0] * 784}, headers={"X-Request-ID": "e2e-1"}
         )
         again = client.post("/predict", content=orjson.dumps({"pixels": [[0] * 28] * 28}),
                             headers={"content-type": "application/json"})
-        image = client.post("/predict", files={"file": ("one.png", digit_png(), "image/png")})
+        upload = {"file": ("one.png", support.digit_png(), "image/png")}
+        image = client.post("/predict", files=upload)
         batch = client.post("/predict/batch", json={"items": [{"pixels": [9] * 784}] * 3})
         bad = client.post("/predict", json={"pixels": [0] * 10})
     assert first.status_code == 200, first.text
@@ -114,7 +61,7 @@ def test_predict_over_real_http_json_image_and_batch(server: Server):
     assert bad.status_code == 422 and bad.json()["request_id"] == bad.headers["x-request-id"]
 
 
-def test_ops_endpoints_over_real_http(server: Server):
+def test_ops_endpoints_over_real_http(server: ServeProcess):
     with httpx.Client(base_url=server.url, timeout=10) as client:
         client.post("/predict", json={"pixels": [1] * 784})
         health = client.get("/health")
@@ -131,7 +78,7 @@ def test_ops_endpoints_over_real_http(server: Server):
     assert docs.status_code == 200
 
 
-def test_logs_are_json_lines_carrying_the_request_id(server: Server):
+def test_logs_are_json_lines_carrying_the_request_id(server: ServeProcess):
     with httpx.Client(base_url=server.url, timeout=10) as client:
         client.post("/predict", json={"pixels": [2] * 784}, headers={"X-Request-ID": "trace-e2e"})
     deadline = time.monotonic() + 5
@@ -147,7 +94,7 @@ def test_logs_are_json_lines_carrying_the_request_id(server: Server):
 def test_the_served_model_follows_the_production_alias(registry: Path, tmp_path: Path):
     own = tmp_path / "models"
     support.publish(own, support.fresh_checkpoint(tmp_path / "a.safetensors", seed=1))
-    running = Server(own, tmp_path)
+    running = ServeProcess(own, tmp_path)
     try:
         running.wait_ready()
         support.publish(own, support.fresh_checkpoint(tmp_path / "b.safetensors", seed=2))
@@ -167,7 +114,7 @@ def test_the_served_model_follows_the_production_alias(registry: Path, tmp_path:
 
 
 def test_two_worker_processes_serve_from_one_port(registry: Path, tmp_path: Path):
-    running = Server(registry, tmp_path, "--workers", "2")
+    running = ServeProcess(registry, tmp_path, "--workers", "2")
     try:
         running.wait_ready(timeout=120)
         with httpx.Client(base_url=running.url, timeout=10) as client:
@@ -179,8 +126,8 @@ def test_two_worker_processes_serve_from_one_port(registry: Path, tmp_path: Path
 
 def start_and_fail(registry: Path, workdir: Path) -> tuple[int, str]:
     process = subprocess.run(
-        [LAB2PROD, "serve", "--port", str(support.free_port())],
-        env=serve_env(registry), cwd=workdir, capture_output=True, timeout=120,
+        [support.LAB2PROD, "serve", "--port", str(support.free_port())],
+        env=support.serve_env(registry), cwd=workdir, capture_output=True, timeout=120,
     )
     return process.returncode, process.stderr.decode()
 
@@ -201,7 +148,7 @@ def test_with_a_corrupt_checkpoint_serve_exits_and_says_which(tmp_path: Path):
     assert "v1" in stderr and ("corrupt" in stderr or "truncated" in stderr)
 
 
-def test_a_decompression_bomb_upload_does_not_hurt_the_server(server: Server):
+def test_a_decompression_bomb_upload_does_not_hurt_the_server(server: ServeProcess):
     bomb = io.BytesIO()
     Image.new("1", (12_000, 12_000), 1).save(bomb, format="PNG", optimize=True)
     with httpx.Client(base_url=server.url, timeout=10) as client:
@@ -210,7 +157,9 @@ def test_a_decompression_bomb_upload_does_not_hurt_the_server(server: Server):
     assert refused.status_code == 413 and fine.status_code == 200
 
 
-def test_the_images_healthcheck_command_passes_live_and_fails_without_a_server(server: Server):
+def test_the_images_healthcheck_command_passes_live_and_fails_without_a_server(
+    server: ServeProcess,
+):
     (healthcheck,) = [a for k, a in support.dockerfile_instructions() if k == "HEALTHCHECK"]
     command = support.exec_form(healthcheck)
     command[0] = sys.executable  # the image's `python`

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -95,6 +98,13 @@ def encode(image: Image.Image, fmt: str = "PNG", **options: Any) -> bytes:
     return buffer.getvalue()
 
 
+def digit_png() -> bytes:
+    """A photo-sized upload: one dark stroke (a 1) on white paper."""
+    canvas = Image.new("RGB", (300, 220), "white")
+    canvas.paste((20, 20, 20), (140, 40, 165, 190))
+    return encode(canvas)
+
+
 def render_upload(
     digit: np.ndarray, rng: np.random.Generator, *, dark_on_light: bool = True
 ) -> bytes:
@@ -118,6 +128,59 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+LAB2PROD = str(Path(sys.executable).parent / "lab2prod")
+
+
+def serve_env(registry: Path, **extra: str) -> dict[str, str]:
+    """This environment minus the services, serving ``registry`` eagerly on the CPU."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LAB2PROD")}
+    for name in ("REDIS_URL", "AMQP_URL", "LOAD_MODEL", "MODEL_ALIAS", "ACCESS_LOG"):
+        env.pop(name, None)
+    env.update(
+        REGISTRY_URL=str(registry), RUNTIME="eager", DEVICE="cpu", LOG_JSON="true",
+        MODEL_POLL_INTERVAL_S="0.2", **extra,
+    )
+    return env
+
+
+class ServeProcess:
+    """A real `lab2prod serve` on a free port of 127.0.0.1, logging to ``workdir``."""
+
+    def __init__(self, registry: Path, workdir: Path, *args: str, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / f"serve-{self.port}.log"
+        self.process = subprocess.Popen(
+            [LAB2PROD, "serve", "--port", str(self.port), *args],
+            env=serve_env(registry, **env), cwd=workdir,
+            stdout=subprocess.DEVNULL, stderr=self.log.open("wb"),
+        )
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"lab2prod serve exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        tail = self.log.read_text()[-2000:]
+        raise AssertionError(f"lab2prod serve not ready in {timeout}s: {tail}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
 
 
 class RedisServer:
