@@ -18,8 +18,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "serving"))
 import serving_support as support  # the serving tests' helpers: checkpoints, registry, uploads
+from serving_support import ServeProcess
 
 pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("e2e-serve")
@@ -29,10 +32,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(
-    registry: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[support.ServeProcess]:
-    running = support.ServeProcess(registry, tmp_path_factory.mktemp("serve"), ACCESS_LOG="true")
+def server(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    running = ServeProcess(registry, tmp_path_factory.mktemp("serve"), ACCESS_LOG="true")
     try:
         running.wait_ready()
         yield running
@@ -40,20 +41,15 @@ def server(
         running.stop()
 
 
-def digit_png() -> bytes:
-    canvas = Image.new("RGB", (300, 220), "white")
-    canvas.paste((20, 20, 20), (140, 40, 165, 190))
-    return support.encode(canvas)
-
-
-def test_predict_over_real_http_json_image_and_batch(server: support.ServeProcess):
+def test_predict_over_real_http_json_image_and_batch(server: ServeProcess):
     with httpx.Client(base_url=server.url, timeout=10) as client:
         first = client.post(
             "/predict", json={"pixels": [0] * 784}, headers={"X-Request-ID": "e2e-1"}
         )
         again = client.post("/predict", content=orjson.dumps({"pixels": [[0] * 28] * 28}),
                             headers={"content-type": "application/json"})
-        image = client.post("/predict", files={"file": ("one.png", digit_png(), "image/png")})
+        upload = {"file": ("one.png", support.digit_png(), "image/png")}
+        image = client.post("/predict", files=upload)
         batch = client.post("/predict/batch", json={"items": [{"pixels": [9] * 784}] * 3})
         bad = client.post("/predict", json={"pixels": [0] * 10})
     assert first.status_code == 200, first.text
@@ -65,7 +61,7 @@ def test_predict_over_real_http_json_image_and_batch(server: support.ServeProces
     assert bad.status_code == 422 and bad.json()["request_id"] == bad.headers["x-request-id"]
 
 
-def test_ops_endpoints_over_real_http(server: support.ServeProcess):
+def test_ops_endpoints_over_real_http(server: ServeProcess):
     with httpx.Client(base_url=server.url, timeout=10) as client:
         client.post("/predict", json={"pixels": [1] * 784})
         health = client.get("/health")
@@ -82,7 +78,7 @@ def test_ops_endpoints_over_real_http(server: support.ServeProcess):
     assert docs.status_code == 200
 
 
-def test_logs_are_json_lines_carrying_the_request_id(server: support.ServeProcess):
+def test_logs_are_json_lines_carrying_the_request_id(server: ServeProcess):
     with httpx.Client(base_url=server.url, timeout=10) as client:
         client.post("/predict", json={"pixels": [2] * 784}, headers={"X-Request-ID": "trace-e2e"})
     deadline = time.monotonic() + 5
@@ -98,7 +94,7 @@ def test_logs_are_json_lines_carrying_the_request_id(server: support.ServeProces
 def test_the_served_model_follows_the_production_alias(registry: Path, tmp_path: Path):
     own = tmp_path / "models"
     support.publish(own, support.fresh_checkpoint(tmp_path / "a.safetensors", seed=1))
-    running = support.ServeProcess(own, tmp_path)
+    running = ServeProcess(own, tmp_path)
     try:
         running.wait_ready()
         support.publish(own, support.fresh_checkpoint(tmp_path / "b.safetensors", seed=2))
@@ -118,7 +114,7 @@ def test_the_served_model_follows_the_production_alias(registry: Path, tmp_path:
 
 
 def test_two_worker_processes_serve_from_one_port(registry: Path, tmp_path: Path):
-    running = support.ServeProcess(registry, tmp_path, "--workers", "2")
+    running = ServeProcess(registry, tmp_path, "--workers", "2")
     try:
         running.wait_ready(timeout=120)
         with httpx.Client(base_url=running.url, timeout=10) as client:
@@ -152,7 +148,7 @@ def test_with_a_corrupt_checkpoint_serve_exits_and_says_which(tmp_path: Path):
     assert "v1" in stderr and ("corrupt" in stderr or "truncated" in stderr)
 
 
-def test_a_decompression_bomb_upload_does_not_hurt_the_server(server: support.ServeProcess):
+def test_a_decompression_bomb_upload_does_not_hurt_the_server(server: ServeProcess):
     bomb = io.BytesIO()
     Image.new("1", (12_000, 12_000), 1).save(bomb, format="PNG", optimize=True)
     with httpx.Client(base_url=server.url, timeout=10) as client:
@@ -162,7 +158,7 @@ def test_a_decompression_bomb_upload_does_not_hurt_the_server(server: support.Se
 
 
 def test_the_images_healthcheck_command_passes_live_and_fails_without_a_server(
-    server: support.ServeProcess,
+    server: ServeProcess,
 ):
     (healthcheck,) = [a for k, a in support.dockerfile_instructions() if k == "HEALTHCHECK"]
     command = support.exec_form(healthcheck)

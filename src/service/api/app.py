@@ -24,6 +24,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.errors import install_error_handlers
+from service.api.openapi import install_openapi, operation_id
 from service.api.routes import collect, predict
 from service.inference.batcher import MicroBatcher
 from service.inference.cache import PredictionCache
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None, *, model: ModelManager | None =
         # Metrics are Prometheus (observability.py). FastAPI's built-in OpenTelemetry hooks
         # would otherwise look up the global providers (reading os.environ) on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.model = model
@@ -84,6 +86,7 @@ def create_app(settings: Settings | None = None, *, model: ModelManager | None =
     for router in routers:
         app.include_router(router)
     install_error_handlers(app)
+    install_openapi(app, settings)
     app.add_middleware(
         GZipForLargeBodies, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=6,
         small_paths=frozenset({"/predict"}),

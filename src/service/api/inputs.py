@@ -40,15 +40,14 @@ from service.ml.preprocess import (
 
 SUPPORTED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF"})  # MPO: phone JPEGs
 SUPPORTED_NAMES = "PNG, JPEG, WebP, BMP or GIF"
+UPLOAD_CONTENT_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/gif")
 IMAGE_CONTENT_TYPES = frozenset(
-    {
-        "image/png", "image/jpeg", "image/jpg", "image/pjpeg", "image/webp", "image/bmp",
-        "image/x-bmp", "image/x-ms-bmp", "image/gif",
-    }
+    {*UPLOAD_CONTENT_TYPES, "image/jpg", "image/pjpeg", "image/x-bmp", "image/x-ms-bmp"}
 )
 # Part types that carry no claim about the bytes: sniff them instead of refusing.
 GENERIC_CONTENT_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the uploaded file
+MAX_FORM_FIELDS, MAX_FORM_FILES = 16, 4  # most plain fields, and files, in one multipart body
 DECODE_THREADS = 2  # images are decoded off the event loop, at most this many at once
 # Our own check (MAX_IMAGE_PIXELS, before decoding) replaces Pillow's warning for big headers.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -363,7 +362,8 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str | No
         yield body
 
     parser = MultiPartParser(
-        Headers(scope=request.scope), stream(), max_files=4, max_fields=16  # type: ignore[arg-type]
+        Headers(scope=request.scope), stream(),  # type: ignore[arg-type]
+        max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS,
     )
     try:
         form = await parser.parse()

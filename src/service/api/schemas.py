@@ -1,27 +1,74 @@
-"""Request and response shapes, for the OpenAPI docs and for clients.
+"""Request and response shapes, for the OpenAPI document (/docs) and for clients.
 
 The hot routes do not validate bodies through these models (784 floats through pydantic costs
-more than the forward pass); ``api.inputs`` parses them with orjson and numpy to the same rules.
+more than the forward pass); ``api.inputs`` parses them with orjson and numpy. The request
+models state the same rules in JSON Schema, so that a body the schema calls valid is one the
+service accepts; what a schema cannot say (an upload must decode to an image with a digit in
+it) is in the descriptions, and answered with a declared 4xx. Routes refer to the request
+models (``PREDICT_REQUEST_DOC``, ``BATCH_REQUEST_DOC``); ``api.openapi`` puts their definitions
+in ``components/schemas``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.api.inputs import MAX_FORM_FIELDS, UPLOAD_CONTENT_TYPES
+from service.ml.preprocess import IMAGE_PIXELS, IMAGE_SIDE
+
+COMPONENTS = "#/components/schemas/"
+
+# JSON Schema's "number" excludes true and false, which the service refuses too.
+Pixel = Annotated[float, Field(ge=0, le=255)]
+FlatPixels = Annotated[list[Pixel], Field(min_length=IMAGE_PIXELS, max_length=IMAGE_PIXELS)]
+PixelRow = Annotated[list[Pixel], Field(min_length=IMAGE_SIDE, max_length=IMAGE_SIDE)]
+PixelRows = Annotated[list[PixelRow], Field(min_length=IMAGE_SIDE, max_length=IMAGE_SIDE)]
 
 
-# Sent to POST /predict as JSON: one 28x28 digit, MNIST convention (light ink on dark).
+# Sent to POST /predict and /classify as JSON: one 28x28 digit, MNIST convention (light ink on
+# dark). Other fields are ignored.
 class PixelsIn(BaseModel):
-    pixels: list[float] | list[list[float]] = Field(
-        description="784 numbers, or 28 rows of 28, each in 0..255 (light ink on dark).",
-        examples=[[0] * 784],
+    pixels: FlatPixels | PixelRows = Field(
+        description="784 numbers, or 28 rows of 28, each in 0..255 (light ink on dark); "
+        "fractions are rounded to the nearest level.",
+        examples=[[0] * IMAGE_PIXELS],
     )
 
 
-# Sent to POST /predict/batch.
+# Sent to POST /predict/batch. Its most items is a setting: api.openapi states this instance's.
 class BatchIn(BaseModel):
-    items: list[PixelsIn] = Field(description="Digits to classify, answered in the same order.")
+    items: list[PixelsIn] = Field(
+        min_length=1, description="Digits to classify, answered in the same order."
+    )
+
+
+UPLOAD_RULES = (
+    "An image of one digit: PNG, JPEG, WebP, BMP or GIF (one frame), any size up to "
+    "MAX_UPLOAD_BYTES (5 MiB by default) and MAX_IMAGE_PIXELS (25 million by default), dark ink "
+    "on light paper or the reverse. A part type other than these formats' (or "
+    "application/octet-stream) is answered 415. What a schema cannot say: the bytes must decode "
+    "to such an image, with a digit that stands out from the background. An empty file is "
+    "answered 400, bytes that are not a readable image 422 (415 for an image of another format), "
+    "a blank image or one without contrast 422, a larger one 413: each with the error body."
+)
+
+
+# Sent to POST /predict and /classify as multipart/form-data: the image in the field "file".
+# Other fields are ignored, up to the multipart parser's limit (maxProperties).
+class UploadIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"maxProperties": 1 + MAX_FORM_FIELDS})
+
+    file: bytes = Field(description=UPLOAD_RULES)
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (PixelsIn, BatchIn, UploadIn)
+
+
+def ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"{COMPONENTS}{model.__name__}"}
 
 
 # One answer of POST /predict (and each entry of a batch).
@@ -68,39 +115,65 @@ class ModelInfoOut(BaseModel):
     card: dict[str, Any] | None = None
 
 
+# --- the OpenAPI entries routes declare ---------------------------------------------------------
+
 PREDICT_REQUEST_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
+        "description": "JSON pixels, an image uploaded as multipart/form-data in the field "
+        "'file', or an image as the whole body (its Content-Type one of the image types).",
         "content": {
-            "application/json": {"schema": PixelsIn.model_json_schema()},
+            "application/json": {"schema": ref(PixelsIn)},
             "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "An image of one digit: PNG, JPEG, WebP, BMP or GIF, "
-                            "any size, dark on light or light on dark.",
-                        }
-                    },
-                }
+                "schema": ref(UploadIn),
+                "encoding": {"file": {"contentType": ", ".join(UPLOAD_CONTENT_TYPES)}},
+            },
+            **{
+                image_type: {"schema": {"type": "string", "format": "binary"}}
+                for image_type in UPLOAD_CONTENT_TYPES
             },
         },
     }
 }
 BATCH_REQUEST_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": BatchIn.model_json_schema()}},
-    }
+    "requestBody": {"required": True, "content": {"application/json": {"schema": ref(BatchIn)}}}
 }
-ERRORS_DOC: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorOut, "description": "Empty or malformed body."},
-    413: {"model": ErrorOut, "description": "Body, image or batch over its limit."},
-    415: {"model": ErrorOut, "description": "Unsupported content or image type."},
-    422: {"model": ErrorOut, "description": "Not one valid digit (the message says why)."},
-    500: {"model": ErrorOut, "description": "The model failed; quote the request id."},
-    503: {"model": ErrorOut, "description": "Busy or no model; see Retry-After."},
+
+
+def header(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A response header the answer always carries."""
+    return {"description": description, "required": True, "schema": schema}
+
+
+RETRY_AFTER = header("Seconds to wait before trying again.", {"type": "integer", "minimum": 0})
+X_CACHE = header(
+    "hit: answered from the prediction cache; miss: computed for this request.",
+    {"type": "string", "enum": ["hit", "miss"]},
+)
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "Empty or malformed body: not JSON, an empty file, a broken multipart body.",
+    404: "Not found.",
+    413: "Body, image or batch over its limit (MAX_UPLOAD_BYTES, MAX_IMAGE_PIXELS, "
+    "BATCH_MAX_ITEMS).",
+    415: "Unsupported Content-Type, file part type or image format.",
+    422: "Not one valid digit; the message says why (e.g. a pixel out of 0..255, no 'pixels' "
+    "field, an image that does not decode or shows no digit).",
+    500: "The model failed on this input, or a bug: the log has the details under the request id.",
+    503: "Busy (inference queue full), timed out, or no model on this instance: retry after "
+    "Retry-After seconds.",
 }
+
+
+def error_responses(
+    *statuses: int, descriptions: Mapping[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """The refusals a route answers, each with the error body (and 503 with Retry-After);
+    ``descriptions`` words some of them for that route."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        described = (descriptions or {}).get(status, ERROR_DESCRIPTIONS[status])
+        entry: dict[str, Any] = {"model": ErrorOut, "description": described}
+        if status == 503:
+            entry["headers"] = {"Retry-After": RETRY_AFTER}
+        responses[status] = entry
+    return responses

@@ -98,6 +98,13 @@ def encode(image: Image.Image, fmt: str = "PNG", **options: Any) -> bytes:
     return buffer.getvalue()
 
 
+def digit_png() -> bytes:
+    """A photo-sized upload: one dark stroke (a 1) on white paper."""
+    canvas = Image.new("RGB", (300, 220), "white")
+    canvas.paste((20, 20, 20), (140, 40, 165, 190))
+    return encode(canvas)
+
+
 def render_upload(
     digit: np.ndarray, rng: np.random.Generator, *, dark_on_light: bool = True
 ) -> bytes:

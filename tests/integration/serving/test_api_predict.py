@@ -180,6 +180,8 @@ def bad_requests() -> list[tuple[str, dict, int, str]]:
          422, "not a readable"),
         ("truncated image", {"files": {"file": ("d.jpg", jpeg[: len(jpeg) // 3], "image/jpeg")}},
          422, "truncated"),
+        ("empty file", {"files": {"file": ("d.png", b"", "image/png")}}, 400, "empty"),
+        ("blank image", {"files": {"file": ("d.jpg", jpeg, "image/jpeg")}}, 422, "no digit"),
         ("animated image", {"files": {"file": ("d.gif", animated_gif(), "image/gif")}},
          422, "multi-frame"),
         ("image over the byte limit", {"files": {"file": ("d.png", digit_png + b"\0" * 70_000,

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from service.api.deps import SettingsDep
 from service.api.errors import ServiceUnavailable
 from service.api.inputs import digit_from_request
-from service.api.schemas import ERRORS_DOC, PREDICT_REQUEST_DOC, ErrorOut
+from service.api.schemas import PREDICT_REQUEST_DOC, RETRY_AFTER, error_responses, header
 from service.queue import metrics
 from service.queue.broker import BrokerUnavailable
 from service.queue.jobs import JobStatus
@@ -83,13 +83,28 @@ async def get_jobs(request: Request) -> AsyncJobs:
 
 
 JobsDep = Annotated[AsyncJobs, Depends(get_jobs)]
+LOCATION = header("Where to poll: /result/{inference_id}.", {"type": "string"})
+RESULT_LINK = {
+    "operationRef": "#/paths/~1result~1{inference_id}/get",
+    "parameters": {"inference_id": "$response.body#/inference_id"},
+    "description": "Poll the job's result with the id this answer carries.",
+}
+NOT_QUEUED = (
+    "Not queued: the broker or the result store is unreachable, or this instance has no way to "
+    "run jobs now; retry after Retry-After seconds."
+)
+UNKNOWN_JOB = "Unknown id, or its result expired (RESULT_TTL_S)."
+STORE_DOWN = "The result store is unreachable; retry after Retry-After seconds."
 
 
 @router.post(
     "/classify",
     status_code=202,
     response_model=ClassifyAccepted,
-    responses={**ERRORS_DOC, 503: {"model": ErrorOut, "description": "Not queued: Retry-After."}},
+    responses={
+        202: {"headers": {"Location": LOCATION}, "links": {"result": RESULT_LINK}},
+        **error_responses(400, 413, 415, 422, 500, 503, descriptions={503: NOT_QUEUED}),
+    },
     openapi_extra=PREDICT_REQUEST_DOC,
     summary="Queue one digit for classification; poll GET /result/{inference_id}",
 )
@@ -116,9 +131,12 @@ async def classify(request: Request, jobs: JobsDep, settings: SettingsDep) -> Re
     "/result/{inference_id}",
     response_model=JobResultOut,
     responses={
-        202: {"model": JobResultOut, "description": "Still queued or running; retry later."},
-        404: {"model": ErrorOut, "description": "Unknown id, or its result expired."},
-        503: {"model": ErrorOut, "description": "The result store is unreachable."},
+        202: {
+            "model": JobResultOut,
+            "description": "Still queued or running; retry after Retry-After seconds.",
+            "headers": {"Retry-After": RETRY_AFTER},
+        },
+        **error_responses(404, 503, descriptions={404: UNKNOWN_JOB, 503: STORE_DOWN}),
     },
     summary="The job's status: done (200), failed (200), pending (202) or unknown (404)",
 )

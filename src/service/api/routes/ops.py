@@ -9,12 +9,23 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from service.api.schemas import HealthOut, ModelInfoOut, ReadyOut
+from service.api.schemas import HealthOut, ModelInfoOut, ReadyOut, header
 from service.observability import QUEUE_DEPTH
 
 router = APIRouter(tags=["operations"])
 JSON = "application/json"
 OK = orjson.dumps({"status": "ok"})
+CACHING = {
+    "ETag": header("Names this exact body; send it back as If-None-Match.", {"type": "string"}),
+    "Cache-Control": header("no-cache: keep it, but revalidate (cheap: 304).", {"type": "string"}),
+}
+IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "description": "The ETag of a body you hold (or a comma-separated list, or *): 304 if current.",
+    "schema": {"type": "string"},
+}
 
 
 @router.get("/health", response_model=HealthOut, summary="Liveness: the process answers")
@@ -69,7 +80,11 @@ async def ready(request: Request) -> Response:
 @router.get(
     "/model-info",
     response_model=ModelInfoOut,
-    responses={304: {"description": "Not modified (If-None-Match matched the ETag)."}},
+    responses={
+        200: {"headers": CACHING},
+        304: {"description": "Not modified (If-None-Match matched the ETag).", "headers": CACHING},
+    },
+    openapi_extra={"parameters": [IF_NONE_MATCH]},
     summary="The served model's version and card summary (ETag, Cache-Control)",
 )
 async def model_info(request: Request) -> Response:
@@ -90,7 +105,17 @@ async def model_info(request: Request) -> Response:
     return Response(body, media_type=JSON, headers=headers)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The Prometheus text exposition format.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def metrics(request: Request) -> Response:
     """Requests, latency, batch sizes, queue depth, cache by tier, model version."""
     state = request.app.state

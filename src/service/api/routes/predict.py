@@ -27,10 +27,12 @@ from service.api.inputs import (
 )
 from service.api.schemas import (
     BATCH_REQUEST_DOC,
-    ERRORS_DOC,
     PREDICT_REQUEST_DOC,
+    X_CACHE,
     BatchOut,
     PredictionOut,
+    error_responses,
+    header,
 )
 from service.api.serving import predict_digits, predict_payload
 
@@ -38,12 +40,20 @@ router = APIRouter(tags=["predict"])
 JSON = "application/json"
 HIT = {"X-Cache": "hit"}
 MISS = {"X-Cache": "miss"}
+X_CACHE_ALL = header(
+    "hit when every item came from the prediction cache, else miss.",
+    {"type": "string", "enum": ["hit", "miss"]},
+)
+X_CACHE_HITS = header("How many items came from the cache.", {"type": "integer", "minimum": 0})
 
 
 @router.post(
     "/predict",
     response_model=PredictionOut,
-    responses=ERRORS_DOC,
+    responses={
+        200: {"headers": {"X-Cache": X_CACHE}},
+        **error_responses(400, 413, 415, 422, 500, 503),
+    },
     openapi_extra=PREDICT_REQUEST_DOC,
     summary="Classify one digit (JSON pixels or an uploaded image)",
 )
@@ -66,7 +76,10 @@ async def predict(request: Request) -> Response:
 @router.post(
     "/predict/batch",
     response_model=BatchOut,
-    responses=ERRORS_DOC,
+    responses={
+        200: {"headers": {"X-Cache": X_CACHE_ALL, "X-Cache-Hits": X_CACHE_HITS}},
+        **error_responses(400, 413, 422, 500, 503),
+    },
     openapi_extra=BATCH_REQUEST_DOC,
     summary="Classify several digits sent as JSON pixels, answered in order",
 )

@@ -1,38 +1,8 @@
 """WebSocket /ws/predict: stream digits in, get one prediction per input back, in order.
 
-Client to server:
-
-- a text frame ``{"id": "a1", "pixels": [784 numbers, or 28 rows of 28]}`` is one input;
-- a binary frame is one image (PNG, JPEG, WebP, BMP or GIF; the same rules as /predict
-  uploads). Its id is the ``id`` of a header text frame ``{"id": "a2"}`` (no ``pixels``) sent
-  just before it. Without a header (or without ``id`` in a JSON input) the id is the input's
-  sequence number on this connection: 0, 1, 2 ... counting every input, JSON or binary.
-  An id is a string of at most 128 characters or an integer, echoed back as sent.
-
-Server to client, one text frame per input, in the order the inputs arrived:
-
-- ``{"id": ..., "digit": 7, "confidence": 0.98, "probabilities": [...], "model_version": "v3"}``;
-- ``{"id": ..., "error": "...", "status": 422}`` when that input is refused (bad pixels, an
-  unreadable image: the status /predict would answer) or the model failed on it (500). The
-  connection stays open: one bad input costs one error message, not the stream.
-
-Close codes (with a reason saying what happened):
-
-- 1008 policy violation: a text frame that is not a JSON object, an id that is not a short
-  string or an integer, or two header frames in a row;
-- 1009 message too big: a binary frame over MAX_UPLOAD_BYTES;
-- 1013 try again later: the server is overloaded (its inference queue is full), the model
-  timed out, or this instance has no model (LOAD_MODEL=false, or still loading);
-- 1011 internal error: a bug on our side (logged with its traceback).
-
-A client that closes or disconnects mid-stream gets no further replies: the inputs still in
-flight are cancelled.
-
-Backpressure: at most WS_MAX_IN_FLIGHT inputs per connection wait for their reply; past that
-the server stops reading the socket until the oldest is answered, so a client that sends faster
-than the model answers is slowed down by TCP flow control instead of filling memory. A client
-that disconnects mid-stream has its pending inputs cancelled (the batcher skips them) and leaves
-no task behind.
+The protocol is ``ws_predict``'s docstring: api.openapi puts it at the top of /docs, since
+OpenAPI has no way to describe a WebSocket. Plain HTTP on the path is answered 426, pointing
+there.
 """
 
 from __future__ import annotations
@@ -71,21 +41,49 @@ class _Close(Exception):
         self.reason = reason.encode()[:123].decode(errors="ignore")  # the protocol's limit
 
 
-@router.get(
-    PATH,
-    status_code=426,
-    summary="WebSocket: stream digits, one prediction per input, in order",
-    description=__doc__,
-    responses={426: {"description": "Upgrade Required: connect with a WebSocket client."}},
-)
+@router.get(PATH, include_in_schema=False)  # not an HTTP operation: /docs describes the socket
 async def ws_predict_help() -> Response:
-    """Plain HTTP on the WebSocket path: say how to connect (the protocol is described above)."""
+    """Plain HTTP on the WebSocket path: 426, and where the protocol is described."""
     body = orjson.dumps({"detail": f"{PATH} is a WebSocket endpoint; see /docs for its protocol"})
     return Response(body, 426, {"Upgrade": "websocket"}, media_type="application/json")
 
 
 @router.websocket(PATH)
 async def ws_predict(websocket: WebSocket) -> None:
+    """Stream digits in, get one prediction per input back, in order.
+
+    Client to server:
+
+    - a text frame ``{"id": "a1", "pixels": [784 numbers, or 28 rows of 28]}`` is one input;
+    - a binary frame is one image (PNG, JPEG, WebP, BMP or GIF; the same rules as /predict
+      uploads). Its id is the ``id`` of a header text frame ``{"id": "a2"}`` (no ``pixels``)
+      sent just before it. Without a header (or without ``id`` in a JSON input) the id is the
+      input's sequence number on this connection: 0, 1, 2 ... counting every input, JSON or
+      binary. An id is a string of at most 128 characters or an integer, echoed back as sent.
+
+    Server to client, one text frame per input, in the order the inputs arrived:
+
+    - ``{"id": ..., "digit": 7, "confidence": 0.98, "probabilities": [...],
+      "model_version": "v3"}``;
+    - ``{"id": ..., "error": "...", "status": 422}`` when that input is refused (bad pixels, an
+      unreadable image: the status /predict would answer) or the model failed on it (500). The
+      connection stays open: one bad input costs one error message, not the stream.
+
+    Close codes (with a reason saying what happened):
+
+    - 1008 policy violation: a text frame that is not a JSON object, an id that is not a short
+      string or an integer, or two header frames in a row;
+    - 1009 message too big: a binary frame over MAX_UPLOAD_BYTES;
+    - 1013 try again later: the server is overloaded (its inference queue is full), the model
+      timed out, or this instance has no model (LOAD_MODEL=false, or still loading);
+    - 1011 internal error: a bug on our side (logged with its traceback).
+
+    Backpressure: at most WS_MAX_IN_FLIGHT inputs per connection wait for their reply; past
+    that the server stops reading the socket until the oldest is answered, so a client that
+    sends faster than the model answers is slowed down by TCP flow control instead of filling
+    memory. A client that closes or disconnects mid-stream gets no further replies: its inputs
+    still in flight are cancelled, and leave no task behind.
+    """
     state = websocket.app.state
     await websocket.accept()
     model, batcher = state.model, state.batcher
