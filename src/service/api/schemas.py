@@ -112,6 +112,17 @@ class ModelInfoOut(BaseModel):
     alias: str
     version: str | None = None
     loaded: bool
+    loaded_at: str | None = Field(None, description="When this version was loaded (UTC).")
+    runtime: str | None = Field(None, description="The runtime variant answering, e.g. onnx-int8.")
+    runtime_requested: str | None = Field(None, description="RUNTIME: auto or a variant name.")
+    device: str | None = None
+    verification: dict[str, Any] | None = Field(
+        None, description="The runtime checked against eager's answers on this machine at load: "
+        "agreement, disagreements, accuracy drop, max probability difference, digits, seconds.",
+    )
+    runtime_fallbacks: list[dict[str, str]] = Field(
+        default_factory=list, description="Variants of the release's chain passed over here, why."
+    )
     card: dict[str, Any] | None = None
 
 
