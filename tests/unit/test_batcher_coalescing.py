@@ -1,5 +1,5 @@
 """The micro-batcher hands one event-loop iteration's submissions over together (performance,
-issue 6): they share a forward pass, and none is lost when the batcher closes meanwhile."""
+docs/benchmarks): they share a forward pass, and none is lost when the batcher closes meanwhile."""
 
 from __future__ import annotations
 

@@ -6,18 +6,19 @@ from __future__ import annotations
 import json
 import sys
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from service.bench.harness import BASELINES
 from service.bench.servers import Server, ServerSpec, free_port
 from service.ml.checkpoint import load_checkpoint, save_checkpoint
 from service.ml.model import build_model
 from service.ml.preprocess import normalize
 
 pytestmark = pytest.mark.slow  # three subprocess servers
+BASELINES = Path(__file__).resolve().parents[2] / "scripts" / "baselines"
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import pytest
 
 from service.bench import bodies, report, wrk
 from service.bench.harness import (
+    BenchConfig,
     Run,
     assemble,
     check_targets,
@@ -251,6 +252,14 @@ def test_report_writes_json_markdown_chart_and_the_readme_block(tmp_path):
     assert "| ours | 900, 1.0/10 | 1,300, 1.0/10 | 2,000, 1.0/40 |" in updated
 
 
-def test_lua_script_is_shipped_next_to_the_package():
-    assert wrk.LUA_SCRIPT.is_file()
-    assert Path(wrk.LUA_SCRIPT).read_text().count("WRK_RESULT") == 1
+def test_the_lua_script_is_in_the_projects_scripts_folder():
+    script = Path(__file__).resolve().parents[2] / wrk.LUA_SCRIPT
+    assert script.read_text().count("WRK_RESULT") == 1
+
+
+def test_a_bench_outside_the_project_folder_says_where_to_run_it(tmp_path):
+    config = BenchConfig(checkpoint=tmp_path / "m", checkpoint_source="x", out_dir=tmp_path,
+                         work_dir=tmp_path, scripts_dir=tmp_path / "scripts")
+    with pytest.raises(wrk.BenchError, match=r"scripts/baselines is missing: run lab2prod bench "
+                                             r"in the project folder"):
+        config.validate()

@@ -79,8 +79,6 @@ def create_app(settings: Settings | None = None, *, model: ModelManager | None =
     app.state.model = model
     app.state.batcher = None
     app.state.cache = PredictionCache.from_settings(settings)
-    app.state.result_store = None  # filled by the async routes' lifespan
-    app.state.broker = None  # filled by the async routes' lifespan
     app.state.ready_checks = {}
     app.router.routes[:0] = predict.FAST_ROUTES  # the hot path first: see routes/predict.py
     for router in routers:
@@ -98,7 +96,7 @@ def create_app(settings: Settings | None = None, *, model: ModelManager | None =
 class GZipForLargeBodies:
     """GZip, except on routes whose answers are always under ``minimum_size`` (a /predict answer
     is about 250 bytes): GZip would pass them through unchanged anyway, after parsing headers
-    on every request (a tenth of the hot path's time, issue 6)."""
+    on every request (a tenth of the hot path's time, docs/benchmarks)."""
 
     def __init__(self, app: ASGIApp, *, small_paths: frozenset[str], **options: Any) -> None:
         self.app = app

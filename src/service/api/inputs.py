@@ -261,8 +261,8 @@ async def decode_image(
     bad upload is refused at once), decoding and preprocessing on a small thread pool (Pillow
     releases the GIL while it decodes).
 
-    Decoding the usual upload inline instead was measured (issue 6): no more throughput on one
-    core, and a p99 at c=64 two to three times longer, because every busy loop iteration also
+    Decoding the usual upload inline instead was measured (docs/benchmarks): no more throughput
+    on one core, and a p99 at c=64 two to three times longer, because every busy loop iteration also
     delays reading the next requests."""
     global _decoder
     image = open_image(data, max_pixels=max_pixels, max_bytes=max_bytes, content_type=content_type)
@@ -305,7 +305,7 @@ class Payload:
     """A /predict request's input, read but not parsed yet: JSON text or an image's bytes.
 
     ``fingerprint`` names exactly these bytes, so the cache can answer a repeated request
-    before any parsing or decoding (issue 6: parsing was a third of a cache hit's time)."""
+    before any parsing or decoding (parsing was a third of a cache hit's time: docs/benchmarks)."""
 
     kind: str  # "json" or "image"
     data: bytes
@@ -388,7 +388,7 @@ def single_file_part(body: bytes, boundary: bytes) -> tuple[bytes, str | None] |
     Returns (bytes, declared type), or None for anything else (other or more parts, a preamble,
     an epilogue, unusual framing): the caller then runs the full multipart parser, which also
     words the errors. Starlette's parser costs about 60 µs an upload, a tenth of the PNG path
-    (issue 6); this costs a few."""
+    (docs/benchmarks); this costs a few."""
     delimiter = b"--" + boundary
     headers_start = len(delimiter) + 2
     if not body.startswith(delimiter + b"\r\n"):

@@ -38,8 +38,6 @@ from service.bench.wrk import BenchError
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[3]
-BASELINES = REPO / "scripts" / "baselines"
 BASELINE_TARGETS = ("tutorial", "threadpool", "litserve")
 # target -> (server, body set)
 TARGETS: dict[str, tuple[str, str]] = {
@@ -72,8 +70,23 @@ class BenchConfig:
     workers: int = 2  # `lab2prod worker` processes whose memory is measured (0: skip)
     amqp_url: str | None = None
     model_name: str = "mnist-cnn"
+    scripts_dir: Path = Path("scripts")  # the project's baselines/ and wrk/ (like notebooks/)
+
+    @property
+    def baselines(self) -> Path:
+        return self.scripts_dir / "baselines"
+
+    @property
+    def wrk_script(self) -> Path:
+        return self.scripts_dir / "wrk" / "bodies.lua"
 
     def validate(self) -> None:
+        for needed in (self.baselines, self.wrk_script):
+            if not needed.exists():
+                raise BenchError(
+                    f"{needed} is missing: run lab2prod bench in the project folder (a clone of "
+                    "the template), or point --scripts at its scripts/ folder"
+                )
         unknown = [t for t in self.targets if t not in TARGETS]
         if unknown:
             raise BenchError(f"unknown targets {unknown}; choose from {', '.join(TARGETS)}")
@@ -148,7 +161,7 @@ def server_specs(
     for name, script in scripts.items():
         port = free_port()
         specs[name] = ServerSpec(
-            name, python_command(str(BASELINES / script), "--checkpoint", checkpoint,
+            name, python_command(str(config.baselines / script), "--checkpoint", checkpoint,
                                  "--port", str(port)), port, "/health",
         )
     return specs
@@ -254,7 +267,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
             server_name, body_name = TARGETS[target]
             result = wrk.run(servers[server_name].spec.url, body_sets[body_name], connections=8,
                              seconds=config.warmup_s, cpu=config.client_cpu,
-                             start=cursor.at(server_name, body_name))
+                             start=cursor.at(server_name, body_name), script=config.wrk_script)
             cursor.advance(server_name, body_name, result.requests + 8)
         for name in sorted(wanted_servers):
             memory[name] = {"after_warmup": servers[name].memory()}
@@ -285,7 +298,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
 def upload_costs(body_set: bodies_module.BodySet, cpu: int, limit: int = 512) -> dict[str, float]:
     """CPU milliseconds per PNG upload of the bench, measured in this process on the servers'
     core while they idle: Pillow decoding alone, and our whole image path (header checks,
-    decoding, preprocessing). Decoding is the floor under the PNG figure (issue 6)."""
+    decoding, preprocessing). Decoding is the floor under the PNG figure."""
     from PIL import Image
 
     from service.api.inputs import digit_from_image, single_file_part
@@ -350,7 +363,8 @@ def _measure(target: str, concurrency: int, round_index: int, servers: dict[str,
     before_cache = scrape_cache_counters(server.spec.url) if ours else {}
     cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
     result = wrk.run(server.spec.url, body_set, connections=concurrency, seconds=config.seconds,
-                     cpu=config.client_cpu, start=cursor.at(server_name, body_name))
+                     cpu=config.client_cpu, start=cursor.at(server_name, body_name),
+                     script=config.wrk_script)
     cursor.advance(server_name, body_name, result.requests + concurrency)
     cpu_used, wall = server.cpu_seconds() - cpu_before, time.monotonic() - wall_before
     cache: dict[str, float] = {}

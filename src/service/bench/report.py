@@ -117,7 +117,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"Machine: {context['machine']}; load average at the end "
         f"{context['load_average_at_end']}. {context.get('note', '')}",
         "",
-        "## Targets (issue 6)",
+        "## Targets",
         "",
         targets_table(data),
         "",

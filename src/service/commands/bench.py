@@ -66,6 +66,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seconds", type=float, default=2.0,
                         help="--runtimes: seconds of calls per variant and batch size")
     parser.add_argument("--variants", help="--runtimes: comma-separated names (default all)")
+    parser.add_argument("--scripts", type=Path, default=Path("scripts"),
+                        help="the project folder's baselines/ and wrk/ (default: scripts)")
     parser.set_defaults(handler=run)
 
 
@@ -104,7 +106,7 @@ def _serving(args: argparse.Namespace, checkpoint: Path, source: str, settings: 
         concurrencies=args.concurrency, server_cpu=args.server_cpu, client_cpu=args.client_cpu,
         targets=[t.strip() for t in args.targets.split(",")] if args.targets else list(TARGETS),
         distinct=args.distinct, workers=args.workers, amqp_url=settings.amqp_url,
-        model_name=settings.model_name,
+        model_name=settings.model_name, scripts_dir=args.scripts,
     )
     # SIGTERM stops the run like Ctrl-C does: every server started is stopped on the way out.
     signal.signal(signal.SIGTERM, _interrupt)

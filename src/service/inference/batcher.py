@@ -9,7 +9,7 @@ and fills up by itself under load. ``max_wait_ms`` > 0 adds an optional wait to 
 Submissions made during one event-loop iteration reach the inference thread together, at the
 end of that iteration (``loop.call_soon``, not a timer): the thread then wakes once for all of
 them instead of once per request, and the event loop keeps the GIL while it reads requests.
-Measured on one core at c=64 (issue 6): +30% throughput, p99 175 -> 70 ms.
+Measured on one core at c=64 (docs/benchmarks): +30% throughput, p99 175 -> 70 ms.
 
 The queue is bounded: past ``max_queue_size`` waiting items, ``submit`` raises ``QueueFull``
 (the API answers 503 with Retry-After) instead of letting latency grow without bound. A handler

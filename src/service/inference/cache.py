@@ -15,7 +15,7 @@ it closes again, so caching resumes by itself when Redis comes back.
 Redis calls made in the same event-loop iteration share one round trip: lookups become one
 MGET, writes one pipeline. Nothing waits on a timer for this (a lone request's lookup goes out
 on the next loop iteration), but under load one round trip serves dozens of requests, which is
-what makes a Redis hit cheaper than running the model (issue 6, docs/benchmarks).
+what makes a Redis hit cheaper than running the model (docs/benchmarks).
 """
 
 from __future__ import annotations

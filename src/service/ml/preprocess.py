@@ -134,7 +134,7 @@ def _grey_to_mnist(grey: Image.Image) -> np.ndarray:
 
     All per-pixel work is uint8 arithmetic: a few comparisons over the canvas find the ink,
     and background removal and the noise floor touch the cut-out digit only; floats appear
-    once it is 20 px. An upload then costs well under its decoding (issue 6)."""
+    once it is 20 px. An upload then costs well under its decoding (docs/benchmarks)."""
     from PIL import Image
 
     pixels = np.asarray(grey)

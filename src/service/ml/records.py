@@ -31,9 +31,3 @@ def write_json(path: str | Path, record: dict[str, Any]) -> Path:
     os.replace(temporary, path)
     return path
 
-
-def read_json(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no run record at {path}")
-    return json.loads(path.read_text())

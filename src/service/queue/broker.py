@@ -372,12 +372,3 @@ class RabbitBroker:
             with contextlib.suppress(*BROKER_ERRORS):
                 await connection.close()
 
-
-def create_broker(
-    amqp_url: str | None, queue_name: str, max_queue_size: int = 1024,
-    dead_letter_ttl_s: int = DEAD_LETTER_TTL_S,
-) -> Broker:
-    """RabbitMQ when a URL is given, else the in-process stand-in."""
-    if amqp_url:
-        return RabbitBroker(amqp_url, queue_name, dead_letter_ttl_s=dead_letter_ttl_s)
-    return InProcessBroker(queue_name, max_size=max_queue_size)

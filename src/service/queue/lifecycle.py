@@ -75,18 +75,6 @@ class AsyncJobs:
             return None
         return await self.store.get(inference_id)
 
-    async def status(self) -> dict[str, Any]:
-        """For /ready: broker reachability and queue depth, result store reachability."""
-        broker = await self.broker.status()
-        store_ok = await self.store.ping()
-        return {
-            "mode": self.mode,
-            "ok": broker.ok and store_ok,
-            "broker": broker.as_dict(),
-            "result_store": {"kind": self.store.kind, "ok": store_ok},
-            "embedded_worker": self._task is not None and not self._task.done(),
-        }
-
     async def close(self) -> None:
         if self.worker is not None and self._task is not None:
             self.worker.stop()
@@ -157,8 +145,3 @@ async def stop_async(app: Any) -> None:
         app.state.jobs = None
         await jobs.close()
 
-
-async def readiness(app: Any) -> dict[str, Any] | None:
-    """The async-jobs part of /ready (None when this app runs no async jobs)."""
-    jobs: AsyncJobs | None = getattr(app.state, "jobs", None)
-    return None if jobs is None else await jobs.status()

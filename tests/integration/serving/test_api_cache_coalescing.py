@@ -1,5 +1,5 @@
 """The Redis tier's round trips: concurrent lookups share one MGET and concurrent writes one
-pipeline (performance, issue 6), with the same answers as one call each."""
+pipeline (performance: docs/benchmarks), with the same answers as one call each."""
 
 from __future__ import annotations
 

@@ -51,7 +51,6 @@ class JobResultOut(BaseModel):
 async def lifespan(app: Any) -> AsyncIterator[None]:
     """Start the broker, result store (and embedded worker); register their readiness checks."""
     jobs = await start_async(app, app.state.settings)
-    app.state.broker, app.state.result_store = jobs.broker, jobs.store
     app.state.ready_checks["broker"] = lambda: _broker_check(jobs)
     app.state.ready_checks["result_store"] = lambda: _store_check(jobs)
     try:

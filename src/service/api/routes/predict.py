@@ -3,7 +3,7 @@
 These two are the hot path, so they skip FastAPI's per-request machinery: each endpoint takes
 the bare ``Request`` and calls the named dependency functions itself (same checks, same 503s),
 and ``FAST_ROUTES`` serves them as plain Starlette routes placed ahead of the documented
-``router`` ones. Measured on one core (issue 6, docs/benchmarks): dependency injection of four
+``router`` ones. Measured on one core (docs/benchmarks): dependency injection of four
 dependencies plus FastAPI's route wrapper cost about 150 µs a request, a third of the whole
 budget at c=64. The ``router`` entries stay for the OpenAPI schema (/docs) and answer exactly
 the same way if FAST_ROUTES is left out.
