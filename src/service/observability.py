@@ -1,13 +1,10 @@
-"""Prometheus metrics and structured JSON logs with a request id.
-
-Metrics live in prometheus_client's default registry (one set per process) so the API, the
-batcher and the cache record into the same place and ``GET /metrics`` exposes them all. Updates
-on the hot path are a cached child lookup plus an increment.
+"""Structured JSON logs with a request id, and the middleware that records every request.
 
 ``RequestContextMiddleware`` is plain ASGI (no BaseHTTPMiddleware): it gives every request an id
 (the client's ``X-Request-ID`` when it is sane, else a fresh one), returns it as ``X-Request-ID``,
 puts it in every log line written while the request runs, records the request count and latency
-by route template and status, and turns an unhandled error into a JSON 500 carrying the id.
+by route template, status and the model version that answered (its ``X-Model-Version`` header;
+``service.monitoring.metrics``), and turns an unhandled error into a JSON 500 carrying the id.
 """
 
 from __future__ import annotations
@@ -21,73 +18,12 @@ from contextvars import ContextVar
 from typing import Any
 
 import orjson
-from prometheus_client import Counter, Gauge, Histogram, Info
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.monitoring.metrics import observe_request
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 logger = logging.getLogger("service.http")
-
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-
-HTTP_REQUESTS = Counter(
-    "lab2prod_http_requests_total", "HTTP requests by route template, method and status.",
-    ["route", "method", "status"],
-)
-HTTP_LATENCY = Histogram(
-    "lab2prod_http_request_duration_seconds", "HTTP request latency by route and status.",
-    ["route", "method", "status"], buckets=LATENCY_BUCKETS,
-)
-BATCH_SIZE = Histogram(
-    "lab2prod_batch_size", "Inputs per forward pass.",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
-)
-INFERENCE_SECONDS = Histogram(
-    "lab2prod_inference_seconds", "Time of one forward pass (a whole batch).",
-    buckets=LATENCY_BUCKETS,
-)
-QUEUE_DEPTH = Gauge("lab2prod_queue_depth", "Inputs waiting for the next batch.")
-QUEUE_REJECTED = Counter(
-    "lab2prod_rejected_total", "Requests refused with 503 before inference, by reason.", ["reason"]
-)
-CACHE_REQUESTS = Counter(
-    "lab2prod_cache_requests_total", "Cache lookups and writes by tier and result.",
-    ["tier", "result"],
-)
-CACHE_DEGRADED = Gauge(
-    "lab2prod_cache_degraded", "1 when a cache tier is unreachable (circuit open).", ["tier"]
-)
-CACHE_ENTRIES = Gauge("lab2prod_cache_entries", "Entries in the in-process LRU.")
-MODEL_INFO = Info("lab2prod_model", "The model being served.")
-MODEL_RELOADS = Counter(
-    "lab2prod_model_reloads_total", "Alias moves picked up (ok) or refused (error).", ["result"]
-)
-MODEL_READY = Gauge("lab2prod_model_ready", "1 when a warm model is serving.")
-RUNTIME_AGREEMENT = Gauge(
-    "lab2prod_runtime_agreement",
-    "Share of the version's verification digits on which the runtime in use predicts what eager "
-    "PyTorch predicted at release, measured on this machine at load.",
-    ["model_version", "runtime"],
-)
-
-
-def observe_batch(size: int, seconds: float) -> None:
-    BATCH_SIZE.observe(size)
-    INFERENCE_SECONDS.observe(seconds)
-
-
-_http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-
-def observe_request(route: str, method: str, status: int, seconds: float) -> None:
-    key = (route, method, status)
-    children = _http_children.get(key)
-    if children is None:
-        labels = (route, method, str(status))
-        children = (HTTP_REQUESTS.labels(*labels), HTTP_LATENCY.labels(*labels))
-        _http_children[key] = children
-    children[0].inc()
-    children[1].observe(seconds)
-
 
 # --- logging ------------------------------------------------------------------------------------
 
@@ -168,15 +104,23 @@ class RequestContextMiddleware:
         id_header = (b"x-request-id", request_id.encode())
         started = time.perf_counter()
         status = 500
+        version = ""
         response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, response_started
+            nonlocal status, response_started, version
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
                 headers = message.get("headers")
-                message["headers"] = [*headers, id_header] if headers else [id_header]
+                if headers:
+                    for name, value in headers:
+                        if name == b"x-model-version":
+                            version = value.decode()
+                            break
+                    message["headers"] = [*headers, id_header]
+                else:
+                    message["headers"] = [id_header]
             await send(message)
 
         try:
@@ -199,13 +143,14 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            observe_request(template, scope["method"], status, elapsed)
+            observe_request(template, scope["method"], status, version, elapsed)
             if self.access_log:
                 logger.info(
                     "request",
                     extra={
                         "method": scope["method"], "path": scope["path"], "route": template,
                         "status": status, "ms": round(elapsed * 1000, 3),
+                        "model_version": version or None,
                     },
                 )
             request_id_var.reset(token)

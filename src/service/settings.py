@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 RuntimeName = Literal[
@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     )
     model_name: str = Field("mnist-cnn", description="Registry name of the served model.")
     model_alias: str = Field("production", description="Alias the service and workers follow.")
+    max_loaded_versions: int = Field(
+        3, ge=1, description="Versions kept loaded at once (least recently used one unloaded "
+        "first; never one an alias the service follows points at)."
+    )
 
     # --- compute ---
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'.")
@@ -50,6 +54,19 @@ class Settings(BaseSettings):
     )
     model_poll_interval_s: float = Field(
         10.0, ge=0, description="How often to check the alias for a new version (0: never)."
+    )
+
+    # --- traffic between versions (PUT /admin/traffic changes it until restart) ---
+    canary_alias: str | None = Field(None, description="Alias that takes CANARY_PERCENT.")
+    canary_percent: float = Field(
+        0.0, ge=0, le=100, description="Share of unpinned requests the canary answers."
+    )
+    shadow_alias: str | None = Field(None, description="Alias that also answers, off the path.")
+    shadow_percent: float = Field(
+        0.0, ge=0, le=100, description="Share of unpinned requests copied to the shadow."
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Enables /admin/* with 'Authorization: Bearer <token>' (unset: 404)."
     )
 
     # --- request batching and limits ---
@@ -89,6 +106,14 @@ class Settings(BaseSettings):
     )
     worker_metrics_port: int = Field(0, ge=0, description="Prometheus port of a worker (0: off).")
     ws_max_in_flight: int = Field(32, ge=1, description="Per-connection WebSocket backpressure.")
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_strong_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("admin_token must be at least 16 characters (e.g. `openssl rand "
+                             "-hex 16`), or unset to turn the admin API off")
+        return value
 
     @field_validator("registry_url")
     @classmethod

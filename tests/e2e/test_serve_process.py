@@ -73,7 +73,8 @@ def test_ops_endpoints_over_real_http(server: ServeProcess):
     assert health.json() == {"status": "ok"}
     assert ready["status"] == "ready" and ready["model"]["version"] == "v1"
     assert info.json()["version"] == "v1" and not_modified.status_code == 304
-    assert 'lab2prod_http_requests_total{method="POST",route="/predict",status="200"}' in metrics
+    assert ('lab2prod_http_requests_total{method="POST",model_version="v1",route="/predict",'
+            'status="200"}') in metrics
     assert "lab2prod_batch_size_bucket" in metrics and "lab2prod_model_info" in metrics
     assert docs.status_code == 200
 

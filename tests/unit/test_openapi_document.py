@@ -137,12 +137,23 @@ def test_each_route_declares_the_statuses_it_answers():
         for path, item in whole["paths"].items()
         for method, operation in item.items()
     }
-    assert declared["POST /predict"] == {"200", "400", "413", "415", "422", "500", "503"}
-    assert declared["POST /predict/batch"] == {"200", "400", "413", "422", "500", "503"}
-    assert {"202", "400", "413", "415", "422", "503"} <= declared["POST /classify"]
+    # 404: a pinned version (X-Model-Version, ?version=) the registry does not know
+    assert declared["POST /predict"] == {"200", "400", "404", "413", "415", "422", "500", "503"}
+    assert declared["POST /predict/batch"] == {"200", "400", "404", "413", "422", "500", "503"}
+    assert {"202", "400", "404", "413", "415", "422", "503"} <= declared["POST /classify"]
     assert {"200", "202", "404", "503"} <= declared["GET /result/{inference_id}"]
-    assert declared["GET /model-info"] == {"200", "304"}
+    assert declared["GET /model-info"] == {"200", "304", "404", "422", "503"}
     assert declared["GET /ready"] == {"200", "503"}
+
+
+def test_the_routes_that_answer_with_a_model_take_a_pin_and_name_the_version_that_answered():
+    whole = document()
+    for path in ("/predict", "/predict/batch", "/classify"):
+        names = {p["name"] for p in whole["paths"][path]["post"]["parameters"]}
+        assert names == {"X-Model-Version", "version", "X-Client-Id"}, path
+    for path in ("/predict", "/predict/batch"):
+        headers = whole["paths"][path]["post"]["responses"]["200"]["headers"]
+        assert headers["X-Model-Version"]["required"]
 
 
 def test_the_websocket_is_not_an_http_operation_and_its_protocol_is_in_the_description():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,35 +17,29 @@ from service.queue.results import MemoryResultStore, ResultStoreUnavailable
 from service.queue.worker import BatcherPredictor, BatchPrediction, JobWorker
 
 
-class Prediction:
-    """What the API's batcher hands back (duck-typed like model_manager.Prediction)."""
-
-    def __init__(self, digit: int, probabilities: np.ndarray) -> None:
-        self.digit = digit
-        self.probabilities = probabilities.tolist()
-        self.model_version = "v-batcher"
-
-
 class SumModulo10:
-    """Fake model: the class is (sum of pixels) mod 10. Records every forward pass."""
+    """Fake model: the class is (sum of pixels) mod 10. Records every forward pass; answers as
+    the pinned version (or v-test for the default)."""
 
     def __init__(self, fail_first: int = 0) -> None:
         self.batches: list[int] = []
+        self.refs: list[str | None] = []
         self.fail_first = fail_first
 
-    async def predict(self, images: np.ndarray) -> BatchPrediction:
+    async def predict(self, images: np.ndarray, ref: str | None) -> BatchPrediction:
         if self.fail_first > 0:
             self.fail_first -= 1
             raise RuntimeError("CUDA error: device-side assert (simulated)")
         self.batches.append(len(images))
+        self.refs.append(ref)
         classes = images.reshape(len(images), -1).astype(np.int64).sum(axis=1) % 10
-        return BatchPrediction(np.eye(10)[classes], "v-test")
+        return BatchPrediction(np.eye(10)[classes], ref or "v-test")
 
 
-def job_for(value: int) -> Job:
+def job_for(value: int, version: str | None = None) -> Job:
     image = np.zeros((28, 28), np.uint8)
     image[0, 0] = value
-    return Job.create(image)
+    return Job.create(image, version)
 
 
 async def run_until_idle(broker, store, predictor, **options) -> JobWorker:
@@ -73,6 +68,20 @@ async def test_every_job_is_done_with_its_own_prediction_in_batches():
         assert result.model_version == "v-test"
     assert sum(model.batches) == 100
     assert max(model.batches) <= 16 and len(model.batches) < 100
+
+
+async def test_jobs_pinned_to_versions_are_answered_by_those_versions_one_pass_each():
+    broker, store, model = InProcessBroker(), MemoryResultStore(60), SumModulo10()
+    jobs = [job_for(value, [None, "v1", "candidate"][value % 3]) for value in range(30)]
+    for job in jobs:
+        await store.add_pending(job.inference_id)
+        await broker.publish(job)
+    await run_until_idle(broker, store, model, batch_size=32, batch_wait_ms=20)
+    for job in jobs:
+        result = await store.get(job.inference_id)
+        assert result.model_version == (job.model_version or "v-test")
+        assert result.predicted_class == int(job.image.sum()) % 10
+    assert sorted(model.refs, key=str) == sorted([None, "v1", "candidate"], key=str)
 
 
 async def test_a_poison_message_is_dead_lettered_with_a_failed_result_after_max_attempts():
@@ -186,10 +195,24 @@ async def test_a_job_delivered_past_max_attempts_is_given_up_without_running():
     assert model.batches == [] and len(broker.dead_letters) == 1
 
 
+class OneVersionPool:
+    """The part of the model pool the embedded predictor uses: one version and its batcher."""
+
+    default_alias = "production"
+
+    def __init__(self, batcher: MicroBatcher) -> None:
+        self.served = SimpleNamespace(version="v-batcher", batcher=batcher)
+        self.asked: list[str] = []
+
+    async def get(self, ref: str) -> SimpleNamespace:
+        self.asked.append(ref)
+        return self.served
+
+
 async def test_embedded_jobs_wait_for_room_in_a_full_api_batcher():
     def handler(digits):
         time.sleep(0.01)
-        return [Prediction(int(d.sum()) % 10, np.eye(10)[int(d.sum()) % 10]) for d in digits]
+        return [np.eye(10)[int(d.sum()) % 10] for d in digits]
 
     batcher = MicroBatcher(handler, max_batch_size=2, max_queue_size=2).start()
     refused = 0
@@ -206,11 +229,13 @@ async def test_embedded_jobs_wait_for_room_in_a_full_api_batcher():
     batcher.submit_many = counting_submit_many
     images = np.stack([job_for(v).image for v in range(10)])
     try:
-        predictor = BatcherPredictor(batcher)
-        predictions = await asyncio.gather(*(predictor.predict(images) for _ in range(3)))
+        pool = OneVersionPool(batcher)
+        predictor = BatcherPredictor(pool)
+        predictions = await asyncio.gather(*(predictor.predict(images, None) for _ in range(3)))
     finally:
         batcher.close()
     assert refused > 0  # the batcher was full at times, and the jobs waited instead of failing
+    assert pool.asked == ["production"] * 3
     for prediction in predictions:
         assert prediction.probabilities.argmax(axis=1).tolist() == [v % 10 for v in range(10)]
-        assert [prediction.version_of(i) for i in range(10)] == ["v-batcher"] * 10
+        assert prediction.model_version == "v-batcher"

@@ -1,10 +1,11 @@
 """``create_app(settings)``: the FastAPI service, its lifespan and its middleware.
 
-Start-up (lifespan): set torch threads, open the cache, load the registry's alias (weights only,
-verified), warm it up, start the micro-batcher and the alias watcher, enter the optional route
-modules' lifespans, then report ready. A missing or broken model stops start-up with a
-``ModelUnavailable`` message that says how to fix it. ``LOAD_MODEL=false`` skips the model:
-the instance then only serves the async routes and /predict answers 503 saying so.
+Start-up (lifespan): set torch threads, open the cache, build the router from the traffic
+settings, load the versions the service follows into the model pool (MODEL_ALIAS, and the
+canary and shadow aliases; each verified, warmed and given its micro-batcher), start the alias
+watcher, enter the optional route modules' lifespans, then report ready. A missing or broken
+default model stops start-up with a message that says how to fix it. ``LOAD_MODEL=false`` loads
+no model: the instance then only serves the async routes and /predict answers 503 saying so.
 
 Middleware is pure ASGI (request id, metrics, GZip for bodies over 1 KB).
 """
@@ -25,24 +26,21 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.errors import install_error_handlers
 from service.api.openapi import install_openapi, operation_id
-from service.api.routes import collect, predict
-from service.inference.batcher import MicroBatcher
+from service.api.routes import admin, collect, predict
+from service.api.shadow import Shadow
 from service.inference.cache import PredictionCache
-from service.inference.model_manager import ModelManager
-from service.observability import (
-    MODEL_READY,
-    RequestContextMiddleware,
-    configure_logging,
-    observe_batch,
-)
+from service.inference.pool import ModelPool
+from service.inference.router import Router, TrafficPolicy
+from service.monitoring import metrics
+from service.observability import RequestContextMiddleware, configure_logging
 from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 GZIP_MINIMUM_BYTES = 1024
 
 
-def create_app(settings: Settings | None = None, *, model: ModelManager | None = None) -> FastAPI:
-    """The app; pass ``model`` (already loaded) to skip loading at start-up."""
+def create_app(settings: Settings | None = None, *, pool: ModelPool | None = None) -> FastAPI:
+    """The app; pass ``pool`` (already started) to skip loading at start-up."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
     routers, route_lifespans = collect()
@@ -58,10 +56,8 @@ def create_app(settings: Settings | None = None, *, model: ModelManager | None =
             # flight (p99 at c=64 several times the median before this, docs/benchmarks).
             gc.collect()
             gc.freeze()
-            logger.info(
-                "ready",
-                extra={"model_version": app.state.model.version if app.state.model else None},
-            )
+            default = app.state.pool.default if settings.load_model else None
+            logger.info("ready", extra={"model_version": default.version if default else None})
             yield
             logger.info("shutting down")
 
@@ -76,13 +72,16 @@ def create_app(settings: Settings | None = None, *, model: ModelManager | None =
         generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
-    app.state.model = model
-    app.state.batcher = None
+    app.state.pool = pool
+    app.state.router = Router(settings.model_alias, TrafficPolicy.from_settings(settings))
+    app.state.shadow = Shadow(None)
     app.state.cache = PredictionCache.from_settings(settings)
     app.state.ready_checks = {}
     app.router.routes[:0] = predict.FAST_ROUTES  # the hot path first: see routes/predict.py
     for router in routers:
         app.include_router(router)
+    if settings.admin_token is not None:  # without a token the admin API does not exist (404)
+        app.include_router(admin.router)
     install_error_handlers(app)
     install_openapi(app, settings)
     app.add_middleware(
@@ -114,26 +113,23 @@ async def _start(app: FastAPI, settings: Settings, stack: contextlib.AsyncExitSt
     torch.set_num_threads(settings.torch_threads)
     cache: PredictionCache = app.state.cache
     stack.push_async_callback(cache.close)
+    pool: ModelPool = app.state.pool or ModelPool(settings)
     if not settings.load_model:
-        app.state.model = None
-        MODEL_READY.set(0)
+        app.state.pool = None
+        metrics.MODEL_READY.set(0)
         logger.info("LOAD_MODEL=false: serving without a model (async routes only)")
         return
-    model: ModelManager = app.state.model or ModelManager(settings)
-    if not model.ready:
-        await asyncio.to_thread(model.load)  # raises ModelUnavailable with the fix
-    app.state.model = model
-    batcher = MicroBatcher(
-        model.predict,
-        max_batch_size=settings.max_batch_size,
-        max_wait_ms=settings.max_batch_wait_ms,
-        max_queue_size=settings.max_queue_size,
-        on_batch=observe_batch,
-    ).start()
-    app.state.batcher = batcher
-    stack.callback(batcher.close)
+    aliases = app.state.router.policy.aliases()
+    if pool.ready:
+        pool.follow(aliases)
+    else:
+        await asyncio.to_thread(pool.start, aliases)  # raises with the fix when it cannot
+    app.state.pool = pool
+    stack.callback(pool.close)
+    app.state.shadow = Shadow(pool)
+    stack.push_async_callback(app.state.shadow.close)
     if settings.model_poll_interval_s > 0:
-        watcher = asyncio.create_task(model.watch(), name="model-watcher")
+        watcher = asyncio.create_task(pool.watch(), name="model-watcher")
         stack.push_async_callback(_cancel, watcher)
 
 

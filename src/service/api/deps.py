@@ -1,57 +1,105 @@
 """Named dependencies: what a route needs, taken from the app's shared state.
 
-``create_app`` puts one of each on ``app.state`` (settings, model, batcher, cache; plus the
-``result_store`` and ``broker`` slots the async routes fill). Routes ask for them by name::
+``create_app`` puts one of each on ``app.state``: settings, the model pool, the router, the
+prediction cache and the shadow sender. Routes ask for them by name::
 
-    async def predict(request: Request, model: ModelDep, batcher: BatcherDep) -> Response: ...
+    async def classify(request: Request, jobs: JobsDep, settings: SettingsDep) -> Response: ...
 
-All are ``async def`` so FastAPI resolves them on the event loop, not in its threadpool.
+The hot routes (routes/predict.py) call the same functions directly, without FastAPI's
+per-request machinery. All are ``async def`` so FastAPI resolves them on the event loop.
+
+``choose_version`` is the one way a request becomes a served version: a pinned version
+(``X-Model-Version`` header or ``?version=``), else the traffic policy, else ``MODEL_ALIAS``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-import numpy as np
 from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
 
 from service.api.errors import ServiceUnavailable
-from service.inference.batcher import MicroBatcher
+from service.api.inputs import InputError
+from service.api.shadow import Shadow
 from service.inference.cache import PredictionCache
-from service.inference.model_manager import ModelManager, Prediction
+from service.inference.pool import ModelPool, ServedVersion
+from service.inference.router import Route, Router
 from service.settings import Settings
 
 NO_MODEL = (
     "this instance runs without a model (LOAD_MODEL=false): it only queues jobs; "
     "submit to POST /classify, or run `lab2prod serve` with LOAD_MODEL=true"
 )
+VERSION_HEADER, CLIENT_HEADER, VERSION_QUERY = "x-model-version", "x-client-id", "version"
+_REF = re.compile(r"^(v[0-9]{1,9}|[A-Za-z][A-Za-z0-9_.-]{0,63})$")
 
 
 async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-async def get_model(request: Request) -> ModelManager:
-    model: ModelManager | None = request.app.state.model
-    if model is None:
+async def get_pool(request: Request) -> ModelPool:
+    pool: ModelPool | None = request.app.state.pool
+    if pool is None:
         raise ServiceUnavailable(NO_MODEL)
-    if not model.ready:
-        raise ServiceUnavailable("the model is still loading; retry shortly", retry_after=2)
-    return model
+    return pool
 
 
-async def get_batcher(request: Request) -> MicroBatcher[np.ndarray, Prediction]:
-    batcher: MicroBatcher[np.ndarray, Prediction] | None = request.app.state.batcher
-    if batcher is None:
-        raise ServiceUnavailable(NO_MODEL)
-    return batcher
+async def get_router(request: Request) -> Router:
+    return request.app.state.router  # type: ignore[no-any-return]
 
 
 async def get_cache(request: Request) -> PredictionCache:
     return request.app.state.cache  # type: ignore[no-any-return]
 
 
+async def get_shadow(request: Request) -> Shadow:
+    return request.app.state.shadow  # type: ignore[no-any-return]
+
+
+def pinned_ref(connection: HTTPConnection) -> str | None:
+    """The version a request pins (header first, then query), checked for shape; None if none."""
+    ref = connection.headers.get(VERSION_HEADER) or connection.query_params.get(VERSION_QUERY)
+    if ref is None:
+        return None
+    if not _REF.match(ref):
+        raise InputError(
+            f"model version {ref[:80]!r} is neither a version (v3) nor an alias name "
+            "(letters, digits, '.', '_', '-'); send e.g. X-Model-Version: v3", 422,
+        )
+    return ref
+
+
+def route_request(connection: HTTPConnection) -> Route:
+    """Which version should answer this request (pinned, canary or the default alias)."""
+    state = connection.app.state
+    pool: ModelPool | None = state.pool
+    return state.router.route(  # type: ignore[no-any-return]
+        pinned_ref(connection), connection.headers.get(CLIENT_HEADER),
+        pool.serving if pool is not None else (lambda alias: False),
+    )
+
+
+async def choose_version(connection: HTTPConnection) -> tuple[ServedVersion, Route]:
+    """The served version for this request, loaded if it is pinned and not loaded yet.
+
+    404 (VersionNotFound) for a name the registry does not know, 503 (VersionUnavailable) for
+    one that cannot be loaded now, 503 without a model on this instance."""
+    pool: ModelPool | None = connection.app.state.pool
+    if pool is None:
+        raise ServiceUnavailable(NO_MODEL)
+    route = route_request(connection)
+    served = pool.lookup(route.ref)
+    if served is None:
+        if not pool.ready:
+            raise ServiceUnavailable("the model is still loading; retry shortly", retry_after=2)
+        served = await pool.get(route.ref)
+    return served, route
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-ModelDep = Annotated[ModelManager, Depends(get_model)]
-BatcherDep = Annotated[MicroBatcher[np.ndarray, Prediction], Depends(get_batcher)]
+PoolDep = Annotated[ModelPool, Depends(get_pool)]
+RouterDep = Annotated[Router, Depends(get_router)]
 CacheDep = Annotated[PredictionCache, Depends(get_cache)]

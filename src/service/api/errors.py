@@ -8,6 +8,7 @@ service cannot take the request now (queue full, model not loaded, out of memory
 from __future__ import annotations
 
 import logging
+import math
 
 import orjson
 from fastapi import FastAPI, Request
@@ -18,8 +19,9 @@ from starlette.responses import Response
 from service.api.inputs import InputError
 from service.api.serving import InferenceFailed, InferenceTimeout
 from service.inference.batcher import BatcherClosed, QueueFull
-from service.inference.model_manager import ModelNotLoaded, Overloaded
-from service.observability import QUEUE_REJECTED, request_id_var
+from service.inference.pool import Overloaded, VersionNotFound, VersionUnavailable
+from service.monitoring import metrics
+from service.observability import request_id_var
 
 logger = logging.getLogger(__name__)
 
@@ -45,19 +47,23 @@ async def _input_error(request: Request, exc: Exception) -> Response:
 
 
 async def _queue_full(request: Request, exc: Exception) -> Response:
-    QUEUE_REJECTED.labels("queue_full").inc()
+    metrics.REJECTED.labels("queue_full").inc()
     retry = getattr(exc, "retry_after", 1)
     return error_response(503, str(exc), {"Retry-After": str(retry)})
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
     reason = {
-        BatcherClosed: "closed", ModelNotLoaded: "no_model", Overloaded: "out_of_memory",
-        InferenceTimeout: "timeout", ServiceUnavailable: "unavailable",
+        BatcherClosed: "closed", Overloaded: "out_of_memory", InferenceTimeout: "timeout",
+        ServiceUnavailable: "unavailable", VersionUnavailable: "version_unavailable",
     }.get(type(exc), "unavailable")
-    QUEUE_REJECTED.labels(reason).inc()
-    retry = getattr(exc, "retry_after", None) or 1
+    metrics.REJECTED.labels(reason).inc()
+    retry = max(1, math.ceil(getattr(exc, "retry_after", None) or 1))
     return error_response(503, str(exc), {"Retry-After": str(retry)})
+
+
+async def _version_not_found(request: Request, exc: Exception) -> Response:
+    return error_response(404, str(exc))
 
 
 async def _inference_failed(request: Request, exc: Exception) -> Response:
@@ -85,9 +91,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(QueueFull, _queue_full)
     for unavailable in (
-        BatcherClosed, ModelNotLoaded, Overloaded, InferenceTimeout, ServiceUnavailable
+        BatcherClosed, Overloaded, InferenceTimeout, ServiceUnavailable, VersionUnavailable
     ):
         app.add_exception_handler(unavailable, _unavailable)
+    app.add_exception_handler(VersionNotFound, _version_not_found)
     app.add_exception_handler(InferenceFailed, _inference_failed)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -157,13 +157,30 @@ def header(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 RETRY_AFTER = header("Seconds to wait before trying again.", {"type": "integer", "minimum": 0})
+X_MODEL_VERSION = header("The registry version that answered, e.g. v3.",
+                         {"type": "string", "pattern": "^v[0-9]+$"})
+VERSION_REF = {"type": "string", "pattern": "^(v[0-9]{1,9}|[A-Za-z][A-Za-z0-9_.-]{0,63})$"}
+# Request parameters of the routes that answer with a model: pinning and sticky canaries.
+ROUTING_PARAMETERS: dict[str, Any] = {"parameters": [
+    {"name": "X-Model-Version", "in": "header", "required": False, "schema": VERSION_REF,
+     "description": "Pin the version that answers: a version (v3) or an alias (candidate). "
+     "Unknown: 404 listing the known ones; one that cannot be loaded: 503 with the reason."},
+    {"name": "version", "in": "query", "required": False, "schema": VERSION_REF,
+     "description": "The same pin as X-Model-Version (the header wins when both are sent)."},
+    {"name": "X-Client-Id", "in": "header", "required": False,
+     "schema": {"type": "string", "maxLength": 256},
+     "description": "Makes the canary split sticky: the same id always gets the same version."},
+]}
 X_CACHE = header(
     "hit: answered from the prediction cache; miss: computed for this request.",
     {"type": "string", "enum": ["hit", "miss"]},
 )
 ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Empty or malformed body: not JSON, an empty file, a broken multipart body.",
-    404: "Not found.",
+    401: "Unauthorized.",
+    403: "Forbidden.",
+    404: "Not found: for a pinned model version, the message lists the known versions and "
+    "aliases.",
     413: "Body, image or batch over its limit (MAX_UPLOAD_BYTES, MAX_IMAGE_PIXELS, "
     "BATCH_MAX_ITEMS).",
     415: "Unsupported Content-Type, file part type or image format.",

@@ -1,8 +1,9 @@
-"""From validated digits to response bytes: cache, then the micro-batcher, then cache again.
+"""From validated digits to answer bytes, for one served version: cache, batcher, cache again.
 
-Shared by POST /predict, POST /predict/batch and the async routes. The cache key uses the version
-being served when the request arrives; a prediction is stored under the version that actually
-computed it, so a model swap in between never files an answer under the wrong version.
+Shared by POST /predict, POST /predict/batch, /ws/predict and the embedded job worker's twin.
+Every version has its own batcher, so the version that computes an answer is the version the
+request was routed to: answers are cached and labelled under it, and a cache entry never
+crosses versions.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from typing import TypeVar
 
 import numpy as np
 
+from service.api.encoding import prediction_json
 from service.api.inputs import Payload
-from service.inference.batcher import BatcherClosed, MicroBatcher, QueueFull
+from service.inference.batcher import BatcherClosed, QueueFull
 from service.inference.cache import PredictionCache, cache_key
-from service.inference.model_manager import ModelManager, ModelNotLoaded, Overloaded, Prediction
+from service.inference.pool import Overloaded, ServedVersion, VersionUnavailable
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-EXPECTED = (QueueFull, BatcherClosed, ModelNotLoaded, Overloaded)  # answered 503, not 500
+EXPECTED = (QueueFull, BatcherClosed, Overloaded, VersionUnavailable)  # answered 503, not 500
 
 
 class InferenceTimeout(RuntimeError):
@@ -32,90 +34,59 @@ class InferenceFailed(RuntimeError):
     """The model raised on this request's batch (the API answers 500 with the request id)."""
 
 
-async def predict_digit(
-    digit: np.ndarray,
-    *,
-    model: ModelManager,
-    batcher: MicroBatcher[np.ndarray, Prediction],
-    cache: PredictionCache,
-    timeout_s: float,
-) -> tuple[bytes, bool]:
-    """One digit -> (prediction JSON, served from cache?)."""
-    body, hit, _ = await _predict_one(digit, model.version, batcher, cache, timeout_s)
-    return body, hit
-
-
 async def predict_payload(
     payload: Payload,
     parse: Callable[[Payload], Awaitable[np.ndarray]],
     *,
-    model: ModelManager,
-    batcher: MicroBatcher[np.ndarray, Prediction],
+    served: ServedVersion,
     cache: PredictionCache,
     timeout_s: float,
-) -> tuple[bytes, bool]:
-    """A request's raw input -> (prediction JSON, served from cache?).
+) -> tuple[bytes, bool, np.ndarray | None]:
+    """A request's raw input -> (prediction JSON, from the cache?, the digit when parsed).
 
     Two cache keys: the exact bytes sent (a repeated request is answered before it is parsed
-    or decoded) and, once parsed, the digit (the same digit as JSON or as a PNG shares an
-    entry). Both are stored under the version that computed the answer."""
-    version, fingerprint = model.version, payload.fingerprint
-    if version is not None:
-        cached = await cache.get(f"{version}:{fingerprint}")
-        if cached is not None:
-            return cached, True
+    or decoded: no digit then) and, once parsed, the digit (the same digit as JSON or as a PNG
+    shares an entry)."""
+    version = served.version
+    byte_key = f"{version}:{payload.fingerprint}"
+    cached = await cache.get(byte_key)
+    if cached is not None:
+        return cached, True, None
     digit = await parse(payload)
-    body, hit, served_by = await _predict_one(digit, version, batcher, cache, timeout_s)
-    cache.put(f"{served_by}:{fingerprint}", body)
-    return body, hit
+    body, hit = await predict_digit(digit, served=served, cache=cache, timeout_s=timeout_s)
+    cache.put(byte_key, body)
+    return body, hit, digit
 
 
-async def _predict_one(
-    digit: np.ndarray,
-    version: str | None,
-    batcher: MicroBatcher[np.ndarray, Prediction],
-    cache: PredictionCache,
-    timeout_s: float,
-) -> tuple[bytes, bool, str]:
-    """(prediction JSON, from cache?, the version whose answer it is)."""
-    key = cache_key(version, digit) if version is not None else None
-    if key is not None:
-        cached = await cache.get(key)
-        if cached is not None:
-            return cached, True, version  # type: ignore[return-value]
-    prediction = await _run(batcher.submit(digit), timeout_s)
-    if prediction.model_version != version or key is None:
-        key = cache_key(prediction.model_version, digit)
-    cache.put(key, prediction.body)
-    return prediction.body, False, prediction.model_version
+async def predict_digit(
+    digit: np.ndarray, *, served: ServedVersion, cache: PredictionCache, timeout_s: float
+) -> tuple[bytes, bool]:
+    """One digit -> (prediction JSON, from the cache?)."""
+    key = cache_key(served.version, digit)
+    cached = await cache.get(key)
+    if cached is not None:
+        return cached, True
+    row = await _run(served.batcher.submit(digit), timeout_s)
+    body = prediction_json(row, served.version)
+    cache.put(key, body)
+    return body, False
 
 
 async def predict_digits(
-    digits: list[np.ndarray],
-    *,
-    model: ModelManager,
-    batcher: MicroBatcher[np.ndarray, Prediction],
-    cache: PredictionCache,
-    timeout_s: float,
+    digits: list[np.ndarray], *, served: ServedVersion, cache: PredictionCache, timeout_s: float
 ) -> tuple[list[bytes], int]:
     """Several digits -> (their prediction JSON in order, how many came from the cache).
 
     The misses go to the batcher together, so they share forward passes."""
-    version = model.version
-    keys: list[str | None] = [None] * len(digits)
-    bodies: list[bytes | None] = [None] * len(digits)
-    if version is not None:
-        keys = [cache_key(version, digit) for digit in digits]
-        bodies = await cache.get_many(keys)  # type: ignore[arg-type]
+    keys = [cache_key(served.version, digit) for digit in digits]
+    bodies = await cache.get_many(keys)
     missing = [index for index, body in enumerate(bodies) if body is None]
     if missing:
-        predictions = await _run(batcher.submit_many([digits[i] for i in missing]), timeout_s)
-        for index, prediction in zip(missing, predictions, strict=True):
-            key = keys[index]
-            if prediction.model_version != version or key is None:
-                key = cache_key(prediction.model_version, digits[index])
-            cache.put(key, prediction.body)
-            bodies[index] = prediction.body
+        rows = await _run(served.batcher.submit_many([digits[i] for i in missing]), timeout_s)
+        for index, row in zip(missing, rows, strict=True):
+            body = prediction_json(row, served.version)
+            cache.put(keys[index], body)
+            bodies[index] = body
     return [body for body in bodies if body is not None], len(digits) - len(missing)
 
 

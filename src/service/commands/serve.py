@@ -35,7 +35,8 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.api.app import create_app
-    from service.inference.model_manager import ModelManager, ModelUnavailable
+    from service.inference.pool import ModelPool, VersionNotFound, VersionUnavailable
+    from service.inference.router import TrafficPolicy
     from service.observability import configure_logging
 
     overrides = {"host": args.host, "port": args.port, "workers": args.workers}
@@ -46,12 +47,17 @@ def serve(args: argparse.Namespace) -> int:
         print("lab2prod serve: --workers must be at least 1", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_json)
-    model = None
+    try:
+        policy = TrafficPolicy.from_settings(settings)
+    except ValueError as exc:
+        print(f"lab2prod serve: cannot start: {exc}", file=sys.stderr)
+        return 2
+    pool = None
     if settings.load_model:
-        model = ModelManager(settings)
-        try:
-            model.load()  # before binding the port: fail fast, with the fix in the message
-        except ModelUnavailable as exc:
+        pool = ModelPool(settings)
+        try:  # before binding the port: fail fast, with the fix in the message
+            pool.start(policy.aliases())
+        except (VersionNotFound, VersionUnavailable) as exc:
             print(f"lab2prod serve: cannot start: {exc}", file=sys.stderr)
             return 2
     options = {
@@ -66,8 +72,10 @@ def serve(args: argparse.Namespace) -> int:
         "timeout_graceful_shutdown": 10,
     }
     if settings.workers == 1:
-        uvicorn.run(create_app(settings, model=model), **options)  # type: ignore[arg-type]
-    else:  # each worker process builds its own app (and model) from the environment
+        uvicorn.run(create_app(settings, pool=pool), **options)  # type: ignore[arg-type]
+    else:  # each worker process builds its own app (and pool) from the environment
+        if pool is not None:
+            pool.close()  # it proved the model loads; each worker process loads its own
         uvicorn.run(
             "service.api.app:create_app", factory=True, workers=settings.workers, **options
         )  # type: ignore[arg-type]

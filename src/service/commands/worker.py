@@ -48,14 +48,14 @@ def run(args: argparse.Namespace) -> int:
     settings = get_settings().model_copy(update=overrides)
     if args.processes > 1:
         return _supervise(args.processes, settings)
-    from service.inference.model_manager import ModelUnavailable
+    from service.inference.pool import VersionNotFound, VersionUnavailable
     from service.observability import configure_logging
     from service.queue.runner import WorkerConfigError, run_worker
 
     configure_logging(settings.log_level, settings.log_json)
     try:
         return asyncio.run(run_worker(settings))
-    except (WorkerConfigError, ModelUnavailable) as exc:
+    except (WorkerConfigError, VersionNotFound, VersionUnavailable) as exc:
         print(f"lab2prod worker: {exc}", file=sys.stderr)
         return 1
 

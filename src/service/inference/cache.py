@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from service.observability import CACHE_DEGRADED, CACHE_ENTRIES, CACHE_REQUESTS
+from service.monitoring.metrics import CACHE_DEGRADED, CACHE_ENTRIES, CACHE_REQUESTS
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -3,7 +3,10 @@
 A job body is JSON with the digit as base64 of its 784 bytes (row-major uint8)::
 
     {"schema": "lab2prod-job/1", "inference_id": "<uuid4>", "pixels_b64": "AAAA...",
-     "submitted_at": <unix seconds>}
+     "submitted_at": <unix seconds>, "model_version": "v3"}
+
+``model_version`` is optional: the version (or alias) the job is pinned to, as /classify was
+asked (``X-Model-Version``) or routed (a canary); without it the worker's default alias answers.
 
 Raw bytes rather than a list of numbers: a third of the size on the broker's disk, and decoding
 is one length check instead of validating 784 numbers in Python (which was most of a CPU
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,6 +31,7 @@ import orjson
 from service.ml.preprocess import IMAGE_PIXELS, IMAGE_SIDE
 
 JOB_SCHEMA = "lab2prod-job/1"
+_VERSION_REF = re.compile(r"^(v[0-9]{1,9}|[A-Za-z][A-Za-z0-9_.-]{0,63})$")
 
 
 class PoisonJob(ValueError):
@@ -42,21 +47,24 @@ class Job:
     inference_id: str
     image: np.ndarray  # uint8 [28,28], MNIST convention (light ink on dark)
     submitted_at: float
+    model_version: str | None = None  # a pinned version or alias; None: the worker's default
 
     @classmethod
-    def create(cls, image: np.ndarray) -> Job:
+    def create(cls, image: np.ndarray, model_version: str | None = None) -> Job:
         """A new job with a fresh uuid4 id for an already validated uint8 [28,28] digit."""
-        return cls(inference_id=str(uuid.uuid4()), image=image, submitted_at=time.time())
+        return cls(inference_id=str(uuid.uuid4()), image=image, submitted_at=time.time(),
+                   model_version=model_version)
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "schema": JOB_SCHEMA,
-                "inference_id": self.inference_id,
-                "pixels_b64": base64.b64encode(self.image.astype(np.uint8).tobytes()).decode(),
-                "submitted_at": self.submitted_at,
-            }
-        )
+        body: dict[str, Any] = {
+            "schema": JOB_SCHEMA,
+            "inference_id": self.inference_id,
+            "pixels_b64": base64.b64encode(self.image.astype(np.uint8).tobytes()).decode(),
+            "submitted_at": self.submitted_at,
+        }
+        if self.model_version is not None:
+            body["model_version"] = self.model_version
+        return orjson.dumps(body)
 
 
 def decode_job(body: bytes, message_id: str | None = None) -> Job:
@@ -88,7 +96,12 @@ def decode_job(body: bytes, message_id: str | None = None) -> Job:
     submitted_at = payload.get("submitted_at")
     if not isinstance(submitted_at, int | float):
         submitted_at = time.time()
-    return Job(inference_id=inference_id, image=image, submitted_at=float(submitted_at))
+    version = payload.get("model_version")
+    if version is not None and not (isinstance(version, str) and _VERSION_REF.match(version)):
+        raise PoisonJob(f"model_version must be a version (v3) or an alias; got {version!r}",
+                        inference_id)
+    return Job(inference_id=inference_id, image=image, submitted_at=float(submitted_at),
+               model_version=version)
 
 
 def is_inference_id(value: str) -> bool:

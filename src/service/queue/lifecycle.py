@@ -6,7 +6,7 @@ Two modes, one contract (``POST /classify``, ``GET /result/{inference_id}``):
   processes answer them; results are read from Redis (``REDIS_URL``, required here). The API
   needs no model (``LOAD_MODEL=false`` fits a small CPU box).
 - **embedded** (no ``AMQP_URL``): jobs go to an in-process queue served by the same
-  ``JobWorker`` loop, whose forward passes go through the API's own micro-batcher (shared with
+  ``JobWorker`` loop, whose forward passes go through the API's own micro-batchers (shared with
   ``/predict``); results live in memory, or in Redis when ``REDIS_URL`` is set.
 
 Submitting writes a ``pending`` record first, then publishes; if the broker does not confirm,
@@ -48,8 +48,9 @@ class AsyncJobs:
     def mode(self) -> str:
         return "broker" if isinstance(self.broker, RabbitBroker) else "embedded"
 
-    async def submit(self, digit: np.ndarray) -> str:
-        """Queue one validated uint8 [28,28] digit; its id once the queue has it.
+    async def submit(self, digit: np.ndarray, model_version: str | None = None) -> str:
+        """Queue one validated uint8 [28,28] digit (for ``model_version``, a version or alias;
+        None: the default alias); its id once the queue has it.
 
         Raises BrokerUnavailable (nothing queued, no record left) or ResultStoreUnavailable.
         """
@@ -59,7 +60,7 @@ class AsyncJobs:
                 "set AMQP_URL and REDIS_URL so `lab2prod worker` processes answer them",
                 retry_after_s=30,
             )
-        job = Job.create(digit)
+        job = Job.create(digit, model_version)
         await self.store.add_pending(job.inference_id)
         try:
             await self.broker.publish(job)
@@ -128,12 +129,12 @@ async def start_async(
 ) -> AsyncJobs:
     """Lifespan hook: put ``AsyncJobs`` on ``app.state.jobs``.
 
-    Without a predictor, embedded mode uses ``app.state.batcher`` when the API has one.
+    Without a predictor, embedded mode uses the API's model pool when it has one.
     """
     if predictor is None and not settings.amqp_url:
-        batcher = getattr(app.state, "batcher", None)
-        if batcher is not None:
-            predictor = BatcherPredictor(batcher)
+        pool = getattr(app.state, "pool", None)
+        if pool is not None:
+            predictor = BatcherPredictor(pool)
     app.state.jobs = await start_jobs(settings, predictor)
     return app.state.jobs
 

@@ -1,11 +1,12 @@
 """One ``lab2prod worker`` process: model, broker, result store, metrics and signals.
 
-The process loads the registry alias (``MODEL_ALIAS``, ``production`` by default) through the
-one loader, consumes ``QUEUE_NAME`` from ``AMQP_URL`` with a ``WORKER_PREFETCH`` window, stores
-results in ``REDIS_URL`` and follows the alias like the API does. If the broker connection
-drops it reconnects with backoff (unacked messages go back to the queue and the result store
-makes their second run harmless). SIGTERM or SIGINT: no new deliveries, finish and ack what
-was received, exit 0.
+The process loads the registry alias (``MODEL_ALIAS``, ``production`` by default) into the same
+model pool the API uses (the one loader; runtime verified on this machine), loads a job's pinned
+version through it when a job names one, consumes ``QUEUE_NAME`` from ``AMQP_URL`` with a
+``WORKER_PREFETCH`` window, stores results in ``REDIS_URL`` and follows the alias like the API
+does. If the broker connection drops it reconnects with backoff (unacked messages go back to the
+queue and the result store makes their second run harmless). SIGTERM or SIGINT: no new
+deliveries, finish and ack what was received, exit 0.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import signal
 import torch
 from prometheus_client import start_http_server
 
-from service.inference.model_manager import ModelManager
-from service.queue import metrics
+from service.inference.pool import ModelPool
+from service.monitoring import metrics
 from service.queue.broker import BrokerUnavailable, RabbitBroker
 from service.queue.results import RedisResultStore
-from service.queue.worker import JobWorker, ManagerPredictor
+from service.queue.worker import JobWorker, PoolPredictor
 from service.settings import Settings
 
 log = logging.getLogger("service.queue.worker")
@@ -53,22 +54,22 @@ async def run_worker(settings: Settings, stopping: asyncio.Event | None = None) 
     check_settings(settings)
     assert settings.amqp_url and settings.redis_url
     torch.set_num_threads(settings.torch_threads)
-    manager = ModelManager(settings)  # the API's loader and alias follower, shared
-    model = await asyncio.to_thread(manager.load)  # ModelUnavailable says what to fix
+    pool = ModelPool(settings)  # the API's loader and alias follower, shared
+    served = await asyncio.to_thread(pool.start)  # says what to fix when it cannot
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr=settings.host)
     store = RedisResultStore(settings.redis_url, settings.result_ttl_s)
-    predictor = ManagerPredictor(manager)
+    predictor = PoolPredictor(pool)
 
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT) if stopping is None else ()
     stopping = stopping or asyncio.Event()
     for signum in signals:
         loop.add_signal_handler(signum, stopping.set)
-    follow = asyncio.create_task(manager.watch(), name="follow-alias")
+    follow = asyncio.create_task(pool.watch(), name="follow-alias")
     log.info(
         "worker starting: model %s on %s, queue %s, prefetch %d, batch %d/%.1fms",
-        model.version, model.runtime.device, settings.queue_name, settings.worker_prefetch,
+        served.version, served.model.runtime.device, settings.queue_name, settings.worker_prefetch,
         settings.worker_batch_size, settings.worker_batch_wait_ms,
     )
     backoff = 0.5
@@ -103,6 +104,7 @@ async def run_worker(settings: Settings, stopping: asyncio.Event | None = None) 
         with contextlib.suppress(asyncio.CancelledError):
             await follow
         await store.close()
+        pool.close()
         for signum in signals:
             loop.remove_signal_handler(signum)
     log.info("worker stopped")
@@ -140,7 +142,7 @@ async def _poll_depth(broker: RabbitBroker) -> None:
     while True:
         status = await broker.status()
         if status.ok:
-            metrics.QUEUE_DEPTH.labels(broker.queue_name).set(status.depth or 0)
-            metrics.QUEUE_CONSUMERS.labels(broker.queue_name).set(status.consumers or 0)
-            metrics.DEAD_LETTERS.labels(broker.queue_name).set(status.dead_letters or 0)
+            metrics.JOBS_QUEUE_DEPTH.labels(broker.queue_name).set(status.depth or 0)
+            metrics.JOBS_QUEUE_CONSUMERS.labels(broker.queue_name).set(status.consumers or 0)
+            metrics.JOBS_DEAD_LETTERS.labels(broker.queue_name).set(status.dead_letters or 0)
         await asyncio.sleep(DEPTH_POLL_S)

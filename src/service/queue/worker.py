@@ -24,14 +24,14 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from service.inference.batcher import QueueFull
-from service.queue import metrics
+from service.monitoring import metrics
 from service.queue.broker import BROKER_ERRORS, Delivery
 from service.queue.jobs import Job, JobResult, PoisonJob, decode_job, is_inference_id
 from service.queue.results import ResultStore, ResultStoreUnavailable
@@ -42,59 +42,52 @@ log = logging.getLogger(__name__)
 @dataclass
 class BatchPrediction:
     probabilities: np.ndarray  # [N, C]
-    model_version: str | Sequence[str]  # one for the batch, or one per row
-
-    def version_of(self, row: int) -> str:
-        if isinstance(self.model_version, str):
-            return self.model_version
-        return self.model_version[row]
+    model_version: str  # the version that computed them
 
 
 class Predictor(Protocol):
-    async def predict(self, images: np.ndarray) -> BatchPrediction:
-        """uint8 digits [N,28,28] -> class probabilities and the version that made them."""
+    async def predict(self, images: np.ndarray, ref: str | None) -> BatchPrediction:
+        """uint8 digits [N,28,28] -> class probabilities from the version ``ref`` names (an
+        alias or a version; None: the default alias) and that version."""
         ...
 
 
-class ManagerPredictor:
-    """Worker processes: the API's ModelManager (same loader, same alias following), in a thread."""
+class PoolPredictor:
+    """Worker processes: the model pool the API uses (same loader, same alias following); one
+    forward pass per batch of jobs, on a thread, without a micro-batcher in between."""
 
-    def __init__(self, manager: Any) -> None:
-        self.manager = manager
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
 
-    async def predict(self, images: np.ndarray) -> BatchPrediction:
-        predictions = await asyncio.to_thread(self.manager.predict, list(images))
-        return BatchPrediction(
-            np.asarray([p.probabilities for p in predictions], dtype=np.float32),
-            [p.model_version for p in predictions],
-        )
+    async def predict(self, images: np.ndarray, ref: str | None) -> BatchPrediction:
+        served = await self.pool.get(ref or self.pool.default_alias)
+        rows = await asyncio.to_thread(served.predict, list(images))
+        return BatchPrediction(np.asarray(rows, dtype=np.float32), served.version)
 
 
 class BatcherPredictor:
-    """Embedded mode: jobs share the API's micro-batcher, and so its model, with /predict.
+    """Embedded mode: jobs share the API's versions and their micro-batchers with /predict.
 
     The jobs are already accepted, so a full batcher queue makes them wait, not fail.
     """
 
-    def __init__(self, batcher: Any, wait_s: float = 0.005) -> None:
-        self.batcher = batcher
+    def __init__(self, pool: Any, wait_s: float = 0.005) -> None:
+        self.pool = pool
         self.wait_s = wait_s
 
-    async def predict(self, images: np.ndarray) -> BatchPrediction:
+    async def predict(self, images: np.ndarray, ref: str | None) -> BatchPrediction:
+        served = await self.pool.get(ref or self.pool.default_alias)
         digits = list(images)
-        predictions: list[Any] = []
-        step = max(1, min(len(digits), int(getattr(self.batcher, "max_queue_size", len(digits)))))
+        rows: list[np.ndarray] = []
+        step = max(1, min(len(digits), served.batcher.max_queue_size))
         for start in range(0, len(digits), step):
             while True:
                 try:
-                    predictions += await self.batcher.submit_many(digits[start : start + step])
+                    rows += await served.batcher.submit_many(digits[start : start + step])
                     break
                 except QueueFull:
                     await asyncio.sleep(self.wait_s)
-        return BatchPrediction(
-            np.asarray([p.probabilities for p in predictions], dtype=np.float32),
-            [p.model_version for p in predictions],
-        )
+        return BatchPrediction(np.asarray(rows, dtype=np.float32), served.version)
 
 
 _STOP = object()
@@ -176,7 +169,7 @@ class JobWorker:
         return batch, False
 
     async def process(self, batch: list[Delivery]) -> None:
-        metrics.BATCH_SIZE.observe(len(batch))
+        metrics.JOBS_BATCH_SIZE.observe(len(batch))
         decoded: list[tuple[Delivery, Job]] = []
         failures: list[tuple[Delivery, str | None, str]] = []
         for delivery in batch:
@@ -203,7 +196,7 @@ class JobWorker:
         for (delivery, _, submitted_at), first in zip(done, written, strict=False):
             metrics.JOBS.labels(outcome="done" if first else "duplicate").inc()
             if first:
-                metrics.LATENCY_SECONDS.observe(max(0.0, stored_at - submitted_at))
+                metrics.JOBS_LATENCY_SECONDS.observe(max(0.0, stored_at - submitted_at))
             await _settle(delivery.ack)
         for delivery in duplicates:
             metrics.JOBS.labels(outcome="duplicate").inc()
@@ -220,31 +213,32 @@ class JobWorker:
         decoded: list[tuple[Delivery, Job]],
         failures: list[tuple[Delivery, str | None, str]],
     ) -> list[tuple[Delivery, JobResult, float]]:
-        """One forward pass; a failure becomes a failed attempt for every job in it."""
-        if not decoded:
-            return []
-        images = np.stack([job.image for _, job in decoded])
-        started = time.perf_counter()
-        try:
-            prediction = await self.predictor.predict(images)
-        except Exception as exc:
-            log.exception("forward pass over %d jobs failed", len(decoded))
-            reason = f"inference failed: {type(exc).__name__}: {exc}"
-            failures.extend((delivery, job.inference_id, reason) for delivery, job in decoded)
-            return []
-        metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
-        return [
-            (
-                delivery,
-                JobResult.done(
-                    job.inference_id, row, prediction.version_of(index), delivery.attempt, self.name
-                ),
-                job.submitted_at,
+        """One forward pass per pinned version in the batch (usually one, the default); a
+        failure becomes a failed attempt for every job of that pass."""
+        groups: dict[str | None, list[tuple[Delivery, Job]]] = {}
+        for delivery, job in decoded:
+            groups.setdefault(job.model_version, []).append((delivery, job))
+        done: list[tuple[Delivery, JobResult, float]] = []
+        for ref, jobs in groups.items():
+            images = np.stack([job.image for _, job in jobs])
+            started = time.perf_counter()
+            try:
+                prediction = await self.predictor.predict(images, ref)
+            except Exception as exc:
+                log.exception("forward pass over %d jobs (version %s) failed", len(jobs),
+                              ref or "default")
+                reason = f"inference failed: {type(exc).__name__}: {exc}"
+                failures.extend((delivery, job.inference_id, reason) for delivery, job in jobs)
+                continue
+            metrics.JOBS_INFERENCE_SECONDS.observe(time.perf_counter() - started)
+            done.extend(
+                (delivery,
+                 JobResult.done(job.inference_id, row, prediction.model_version,
+                                delivery.attempt, self.name),
+                 job.submitted_at)
+                for (delivery, job), row in zip(jobs, prediction.probabilities, strict=True)
             )
-            for index, ((delivery, job), row) in enumerate(
-                zip(decoded, prediction.probabilities, strict=True)
-            )
-        ]
+        return done
 
     def _triage(
         self, failures: list[tuple[Delivery, str | None, str]]

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.rabbitmq, pytest.mark.redis]
 
 
 class SumModulo10:
-    async def predict(self, images: np.ndarray) -> BatchPrediction:
+    async def predict(self, images: np.ndarray, ref: str | None) -> BatchPrediction:
         classes = images.reshape(len(images), -1).astype(np.int64).sum(axis=1) % 10
         return BatchPrediction(np.eye(10)[classes], "v-test")
 

@@ -166,10 +166,10 @@ async def test_a_client_that_disconnects_midway_leaks_no_tasks_and_the_server_ca
     with contextlib.suppress(Exception):
         await sender
     async with asyncio.timeout(10):
-        while len(asyncio.all_tasks()) > baseline or app.state.batcher.depth:
+        while len(asyncio.all_tasks()) > baseline or app.state.pool.default.batcher.depth:
             await asyncio.sleep(0.05)
     assert len(asyncio.all_tasks()) == baseline
-    assert app.state.batcher.depth == 0
+    assert app.state.pool.default.batcher.depth == 0
 
     async with connect(url) as again:  # the server still serves
         await again.send(orjson.dumps({"id": "after", "pixels": images[0].tolist()}).decode())
@@ -178,7 +178,7 @@ async def test_a_client_that_disconnects_midway_leaks_no_tasks_and_the_server_ca
 
 async def test_in_flight_inputs_are_bounded_per_connection(registry_dir):
     async with running_server(registry_url=str(registry_dir), ws_max_in_flight=4) as (url, app):
-        runtime = app.state.model.current.runtime
+        runtime = app.state.pool.default.model.runtime
         unblock = threading.Event()
         original = runtime.predict_proba
 

@@ -33,9 +33,13 @@ class GatedRuntime:
 
 
 def gate(app) -> GatedRuntime:
-    loaded = app.state.model.current
+    loaded = app.state.pool.default.model
     loaded.runtime = GatedRuntime(loaded.runtime)
     return loaded.runtime
+
+
+def depth(app) -> int:
+    return app.state.pool.default.batcher.depth
 
 
 def pixels(value: int) -> dict:
@@ -56,7 +60,7 @@ async def test_a_full_queue_answers_503_with_retry_after_and_then_recovers(regis
         running = asyncio.ensure_future(client.post("/predict", json=pixels(1)))
         await wait_until(runtime.entered.is_set)
         waiting = [asyncio.ensure_future(client.post("/predict", json=pixels(v))) for v in (2, 3)]
-        await wait_until(lambda: app.state.batcher.depth == 2)
+        await wait_until(lambda: depth(app) == 2)
         refused = await client.post("/predict", json=pixels(4))
         ready_while_full = await client.get("/ready")
         runtime.gate.set()
@@ -127,7 +131,7 @@ async def test_concurrent_requests_share_forward_passes(registry_dir):
         rest = [
             asyncio.ensure_future(client.post("/predict", json=pixels(v))) for v in range(1, 11)
         ]
-        await wait_until(lambda: app.state.batcher.depth == 10)
+        await wait_until(lambda: depth(app) == 10)
         runtime.gate.set()
         answers = await asyncio.gather(first, *rest)
     assert runtime.sizes == [1, 10], "the ten that waited ran as one forward pass"

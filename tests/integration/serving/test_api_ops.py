@@ -7,7 +7,7 @@ import re
 import pytest
 from serving_support import publish, serving, settings_for
 
-from service.inference.model_manager import ModelUnavailable
+from service.inference.pool import VersionNotFound, VersionUnavailable
 
 
 async def test_health_and_ready_say_the_model_is_loaded_and_warm(registry_dir):
@@ -21,7 +21,7 @@ async def test_health_and_ready_say_the_model_is_loaded_and_warm(registry_dir):
     # published without a verification set (as versions before runtime selection were): nothing
     # to measure agreement on, so the runtime is reported and the agreement is unknown
     assert body["model"] == {"loaded": True, "warm": True, "version": "v1", "runtime": "eager",
-                             "agreement": None}
+                             "agreement": None, "loaded_versions": ["v1"], "alias_failures": {}}
     assert body["cache"]["redis"] == "disabled"
     assert body["queue"]["max"] == 1024
 
@@ -106,7 +106,7 @@ async def test_without_a_model_or_a_broker_predict_says_so_and_the_instance_is_n
 
 
 async def test_start_up_without_a_model_fails_and_says_to_run_release(tmp_path):
-    with pytest.raises(ModelUnavailable, match=re.escape("lab2prod release")):
+    with pytest.raises(VersionNotFound, match=re.escape("lab2prod release")):
         async with serving(settings_for(tmp_path / "empty-registry")):
             pass
 
@@ -118,7 +118,7 @@ async def test_start_up_with_a_corrupt_checkpoint_fails_and_says_which(tmp_path,
     data = bytearray(stored.read_bytes())
     data[-100:] = b"\0" * 100  # flip the tail of the weights
     stored.write_bytes(bytes(data))
-    with pytest.raises(ModelUnavailable, match="corrupt") as refused:
+    with pytest.raises(VersionUnavailable, match="corrupt") as refused:
         async with serving(settings_for(registry)):
             pass
     assert "v1" in str(refused.value) and "lab2prod" in str(refused.value)

@@ -18,11 +18,18 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from service.api.deps import SettingsDep
+from service.api.deps import SettingsDep, route_request
 from service.api.errors import ServiceUnavailable
 from service.api.inputs import digit_from_request
-from service.api.schemas import PREDICT_REQUEST_DOC, RETRY_AFTER, error_responses, header
-from service.queue import metrics
+from service.api.schemas import (
+    PREDICT_REQUEST_DOC,
+    RETRY_AFTER,
+    ROUTING_PARAMETERS,
+    error_responses,
+    header,
+)
+from service.inference.router import DEFAULT
+from service.monitoring import metrics
 from service.queue.broker import BrokerUnavailable
 from service.queue.jobs import JobStatus
 from service.queue.lifecycle import AsyncJobs, start_async, stop_async
@@ -63,8 +70,8 @@ async def _broker_check(jobs: AsyncJobs) -> str:
     status = await jobs.broker.status()
     if not status.ok:
         return f"unreachable: {status.error}"
-    metrics.QUEUE_DEPTH.labels(status.queue).set(status.depth or 0)
-    metrics.QUEUE_CONSUMERS.labels(status.queue).set(status.consumers or 0)
+    metrics.JOBS_QUEUE_DEPTH.labels(status.queue).set(status.depth or 0)
+    metrics.JOBS_QUEUE_CONSUMERS.labels(status.queue).set(status.consumers or 0)
     if jobs.mode == "embedded" and jobs.worker is None:
         return "disabled"  # no broker and no model: /classify answers 503 saying so
     return "ok"
@@ -102,18 +109,26 @@ STORE_DOWN = "The result store is unreachable; retry after Retry-After seconds."
     response_model=ClassifyAccepted,
     responses={
         202: {"headers": {"Location": LOCATION}, "links": {"result": RESULT_LINK}},
-        **error_responses(400, 413, 415, 422, 500, 503, descriptions={503: NOT_QUEUED}),
+        **error_responses(400, 404, 413, 415, 422, 500, 503, descriptions={503: NOT_QUEUED}),
     },
-    openapi_extra=PREDICT_REQUEST_DOC,
+    openapi_extra={**PREDICT_REQUEST_DOC, **ROUTING_PARAMETERS},
     summary="Queue one digit for classification; poll GET /result/{inference_id}",
 )
 async def classify(request: Request, jobs: JobsDep, settings: SettingsDep) -> Response:
-    """Same input as /predict; 202 only once the job is queued, 503 + Retry-After if it is not."""
+    """Same input as /predict; 202 only once the job is queued, 503 + Retry-After if it is not.
+
+    A pinned version (`X-Model-Version`, `?version=`) or a canary's travels with the job; the
+    worker answers with it. An unknown pinned version is refused 404 here when this instance
+    loads models (an enqueue-only one cannot check it: the job's result then says failed)."""
+    route = route_request(request)
+    pool = request.app.state.pool
+    if route.reason != DEFAULT and pool is not None:
+        await pool.resolve_fresh(route.ref)  # 404 with the known versions when unknown
     digit = await digit_from_request(
         request, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels
     )
     try:
-        inference_id = await jobs.submit(digit)
+        inference_id = await jobs.submit(digit, None if route.reason == DEFAULT else route.ref)
     except BrokerUnavailable as exc:
         raise ServiceUnavailable(str(exc), retry_after=exc.retry_after_s) from None
     except ResultStoreUnavailable as exc:

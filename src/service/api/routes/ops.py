@@ -9,8 +9,16 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from service.api.schemas import HealthOut, ModelInfoOut, ReadyOut, header
-from service.observability import QUEUE_DEPTH
+from service.api.deps import pinned_ref
+from service.api.schemas import (
+    ROUTING_PARAMETERS,
+    HealthOut,
+    ModelInfoOut,
+    ReadyOut,
+    error_responses,
+    header,
+)
+from service.inference.pool import ModelPool
 
 router = APIRouter(tags=["operations"])
 JSON = "application/json"
@@ -46,30 +54,29 @@ async def health() -> Response:
     summary="Readiness: model loaded and warm; dependencies ok or degraded",
 )
 async def ready(request: Request) -> Response:
-    """200 'ready' or 'degraded' (serving, but e.g. Redis is down); 503 'not ready'."""
+    """200 'ready' or 'degraded' (serving, but e.g. Redis is down, or an alias points at a
+    version that cannot be served: `model.alias_failures` says why); 503 'not ready'."""
     state = request.app.state
-    model = state.model
+    pool: ModelPool | None = state.pool
     cache_status = state.cache.status()
     cache_status["redis"] = await state.cache.check()
     checks = {name: await check() for name, check in state.ready_checks.items()}
-    batcher = state.batcher
-    if model is None:  # LOAD_MODEL=false: an enqueue-only instance needs its broker, not a model
-        model_status = {"loaded": False, "required": False}
+    default = pool.default if pool is not None else None
+    if pool is None:  # LOAD_MODEL=false: an enqueue-only instance needs its broker, not a model
+        model_status: dict[str, object] = {"loaded": False, "required": False}
         serving = checks.get("broker") == "ok"
     else:
-        model_status = {"loaded": model.ready, "warm": model.ready, "version": model.version,
-                        **model.runtime_summary()}
-        serving = model.ready and batcher is not None and batcher.running
-    degraded = cache_status["redis"] == "degraded" or any(
-        value not in ("ok", "disabled") for value in checks.values()
-    )
+        model_status = pool.status()
+        serving = default is not None and default.batcher.running
+    degraded = cache_status["redis"] == "degraded" or bool(model_status.get("alias_failures")) \
+        or any(value not in ("ok", "disabled") for value in checks.values())
     status = "not ready" if not serving else "degraded" if degraded else "ready"
     body = {
         "status": status,
         "model": model_status,
         "cache": cache_status,
         "queue": {
-            "depth": batcher.depth if batcher else 0,
+            "depth": default.batcher.depth if default else 0,
             "max": state.settings.max_queue_size,
         },
         "checks": checks,
@@ -83,19 +90,25 @@ async def ready(request: Request) -> Response:
     responses={
         200: {"headers": CACHING},
         304: {"description": "Not modified (If-None-Match matched the ETag).", "headers": CACHING},
+        **error_responses(404, 422, 503),
     },
-    openapi_extra={"parameters": [IF_NONE_MATCH]},
+    openapi_extra={"parameters": [IF_NONE_MATCH, *ROUTING_PARAMETERS["parameters"][:2]]},
     summary="The served model's version and card summary (ETag, Cache-Control)",
 )
 async def model_info(request: Request) -> Response:
-    """Version, runtime, device and the model card; cacheable, revalidate with If-None-Match."""
+    """Version, runtime (verified on this machine), device and the model card of the default
+    alias's version, or of the one pinned with X-Model-Version / ?version=; cacheable,
+    revalidate with If-None-Match."""
     state = request.app.state
     settings = state.settings
-    info = (
-        state.model.info()
-        if state.model is not None
-        else {"model": settings.model_name, "alias": settings.model_alias, "loaded": False}
-    )
+    pool: ModelPool | None = state.pool
+    if pool is None:
+        info = {"model": settings.model_name, "alias": settings.model_alias, "loaded": False}
+    else:
+        ref = pinned_ref(request)
+        if ref is not None and pool.lookup(ref) is None:
+            await pool.get(ref)  # 404 / 503 like /predict for a pin that cannot be served
+        info = pool.info(ref)
     body = orjson.dumps(info, option=orjson.OPT_SORT_KEYS)
     etag = f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}  # store, but revalidate (cheap: 304)
@@ -117,8 +130,9 @@ async def model_info(request: Request) -> Response:
     },
 )
 async def metrics(request: Request) -> Response:
-    """Requests, latency, batch sizes, queue depth, cache by tier, model version."""
+    """Requests, latency, batch sizes, queue depth, cache by tier, per model version."""
     state = request.app.state
-    QUEUE_DEPTH.set(state.batcher.depth if state.batcher else 0)
+    if state.pool is not None:
+        state.pool.observe_queues()
     state.cache.status()  # refreshes the cache gauges
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,4 +1,8 @@
-"""POST /predict and POST /predict/batch: validated digits -> cache -> batcher -> JSON bytes.
+"""POST /predict and POST /predict/batch: route -> validated digits -> cache -> batcher -> JSON.
+
+Each request is routed to a version (``deps.choose_version``: pinned, canary or the default
+alias) and answered by it; the ``X-Model-Version`` header and the body's ``model_version`` name
+it. A shadowed request is copied to the shadow version after its answer is ready.
 
 These two are the hot path, so they skip FastAPI's per-request machinery: each endpoint takes
 the bare ``Request`` and calls the named dependency functions itself (same checks, same 503s),
@@ -18,7 +22,8 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
-from service.api.deps import get_app_settings, get_batcher, get_cache, get_model
+from service.api.deps import choose_version, get_app_settings, get_cache, get_shadow
+from service.api.encoding import digit_of
 from service.api.inputs import (
     digit_from_payload,
     digits_from_batch_json,
@@ -28,7 +33,9 @@ from service.api.inputs import (
 from service.api.schemas import (
     BATCH_REQUEST_DOC,
     PREDICT_REQUEST_DOC,
+    ROUTING_PARAMETERS,
     X_CACHE,
+    X_MODEL_VERSION,
     BatchOut,
     PredictionOut,
     error_responses,
@@ -38,8 +45,6 @@ from service.api.serving import predict_digits, predict_payload
 
 router = APIRouter(tags=["predict"])
 JSON = "application/json"
-HIT = {"X-Cache": "hit"}
-MISS = {"X-Cache": "miss"}
 X_CACHE_ALL = header(
     "hit when every item came from the prediction cache, else miss.",
     {"type": "string", "enum": ["hit", "miss"]},
@@ -51,51 +56,59 @@ X_CACHE_HITS = header("How many items came from the cache.", {"type": "integer",
     "/predict",
     response_model=PredictionOut,
     responses={
-        200: {"headers": {"X-Cache": X_CACHE}},
-        **error_responses(400, 413, 415, 422, 500, 503),
+        200: {"headers": {"X-Cache": X_CACHE, "X-Model-Version": X_MODEL_VERSION}},
+        **error_responses(400, 404, 413, 415, 422, 500, 503),
     },
-    openapi_extra=PREDICT_REQUEST_DOC,
+    openapi_extra={**PREDICT_REQUEST_DOC, **ROUTING_PARAMETERS},
     summary="Classify one digit (JSON pixels or an uploaded image)",
 )
 async def predict(request: Request) -> Response:
-    """JSON `{"pixels": [...]}` or multipart field `file`; header `X-Cache: hit|miss`."""
-    model, batcher = await get_model(request), await get_batcher(request)
+    """JSON `{"pixels": [...]}` or multipart field `file`; headers `X-Cache: hit|miss` and
+    `X-Model-Version`. Pin a version with `X-Model-Version: v3` or `?version=v3`."""
+    served, route = await choose_version(request)
     cache, settings = await get_cache(request), await get_app_settings(request)
     payload = await payload_from_request(request, max_bytes=settings.max_upload_bytes)
     parse = functools.partial(
         digit_from_payload, max_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_image_pixels,
     )
-    body, hit = await predict_payload(
-        payload, parse, model=model, batcher=batcher, cache=cache,
-        timeout_s=settings.request_timeout_s,
+    body, hit, digit = await predict_payload(
+        payload, parse, served=served, cache=cache, timeout_s=settings.request_timeout_s,
     )
-    return Response(body, media_type=JSON, headers=HIT if hit else MISS)
+    if route.shadow is not None and digit is not None:
+        (await get_shadow(request)).copy(route.shadow, [digit], served, [digit_of(body)])
+    return Response(body, media_type=JSON, headers={
+        "X-Cache": "hit" if hit else "miss", "X-Model-Version": served.version})
 
 
 @router.post(
     "/predict/batch",
     response_model=BatchOut,
     responses={
-        200: {"headers": {"X-Cache": X_CACHE_ALL, "X-Cache-Hits": X_CACHE_HITS}},
-        **error_responses(400, 413, 422, 500, 503),
+        200: {"headers": {"X-Cache": X_CACHE_ALL, "X-Cache-Hits": X_CACHE_HITS,
+                          "X-Model-Version": X_MODEL_VERSION}},
+        **error_responses(400, 404, 413, 422, 500, 503),
     },
-    openapi_extra=BATCH_REQUEST_DOC,
+    openapi_extra={**BATCH_REQUEST_DOC, **ROUTING_PARAMETERS},
     summary="Classify several digits sent as JSON pixels, answered in order",
 )
 async def predict_batch(request: Request) -> Response:
     """`{"items": [{"pixels": [...]}, ...]}` -> `{"predictions": [...]}` in the same order.
 
-    `X-Cache: hit` when every item came from the cache; `X-Cache-Hits` counts those that did."""
-    model, batcher = await get_model(request), await get_batcher(request)
+    `X-Cache: hit` when every item came from the cache; `X-Cache-Hits` counts those that did.
+    One version answers every item (pinned, canary or default, as for /predict)."""
+    served, route = await choose_version(request)
     cache, settings = await get_cache(request), await get_app_settings(request)
     digits = digits_from_batch_json(
         await read_body(request, settings.max_upload_bytes), settings.batch_max_items
     )
     bodies, hits = await predict_digits(
-        digits, model=model, batcher=batcher, cache=cache, timeout_s=settings.request_timeout_s
+        digits, served=served, cache=cache, timeout_s=settings.request_timeout_s
     )
-    headers = {"X-Cache": "hit" if hits == len(bodies) else "miss", "X-Cache-Hits": str(hits)}
+    if route.shadow is not None:
+        (await get_shadow(request)).copy(route.shadow, digits, served, list(map(digit_of, bodies)))
+    headers = {"X-Cache": "hit" if hits == len(bodies) else "miss", "X-Cache-Hits": str(hits),
+               "X-Model-Version": served.version}
     body = b'{"predictions":[' + b",".join(bodies) + b"]}"
     return Response(body, media_type=JSON, headers=headers)
 

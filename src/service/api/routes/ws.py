@@ -17,17 +17,19 @@ import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.responses import Response
 
+from service.api.deps import choose_version
+from service.api.errors import ServiceUnavailable
 from service.api.inputs import InputError, digit_from_image, digit_from_pixels
 from service.api.serving import InferenceFailed, InferenceTimeout, predict_digit
 from service.inference.batcher import BatcherClosed, QueueFull
-from service.inference.model_manager import ModelNotLoaded, Overloaded
-from service.queue import metrics
+from service.inference.pool import Overloaded, ServedVersion, VersionNotFound, VersionUnavailable
+from service.monitoring import metrics
 
 router = APIRouter(tags=["async"])
 PATH = "/ws/predict"
 MAX_ID_LENGTH = 128
 POLICY_VIOLATION, TOO_BIG, INTERNAL_ERROR, TRY_AGAIN_LATER = 1008, 1009, 1011, 1013
-OVERLOAD = (QueueFull, BatcherClosed, ModelNotLoaded, Overloaded, InferenceTimeout)
+OVERLOAD = (QueueFull, BatcherClosed, Overloaded, InferenceTimeout, VersionUnavailable)
 PREDICT_TASK = "ws-predict"  # the name of each in-flight input's task
 _NO_HEADER = object()
 _GONE = (WebSocketDisconnect, OSError, RuntimeError)  # the client left (send after close)
@@ -61,6 +63,10 @@ async def ws_predict(websocket: WebSocket) -> None:
       input's sequence number on this connection: 0, 1, 2 ... counting every input, JSON or
       binary. An id is a string of at most 128 characters or an integer, echoed back as sent.
 
+    The version that answers is chosen once per connection, as for /predict: pinned with the
+    ``X-Model-Version`` header or ``?version=v3`` on the connection request, else the traffic
+    policy (sticky per ``X-Client-Id``), else the default alias.
+
     Server to client, one text frame per input, in the order the inputs arrived:
 
     - ``{"id": ..., "digit": 7, "confidence": 0.98, "probabilities": [...],
@@ -72,10 +78,12 @@ async def ws_predict(websocket: WebSocket) -> None:
     Close codes (with a reason saying what happened):
 
     - 1008 policy violation: a text frame that is not a JSON object, an id that is not a short
-      string or an integer, or two header frames in a row;
+      string or an integer, two header frames in a row, or a pinned version that does not exist
+      (the reason lists the known ones);
     - 1009 message too big: a binary frame over MAX_UPLOAD_BYTES;
     - 1013 try again later: the server is overloaded (its inference queue is full), the model
-      timed out, or this instance has no model (LOAD_MODEL=false, or still loading);
+      timed out, the pinned version cannot be loaded now, or this instance has no model
+      (LOAD_MODEL=false, or still loading);
     - 1011 internal error: a bug on our side (logged with its traceback).
 
     Backpressure: at most WS_MAX_IN_FLIGHT inputs per connection wait for their reply; past
@@ -84,16 +92,20 @@ async def ws_predict(websocket: WebSocket) -> None:
     memory. A client that closes or disconnects mid-stream gets no further replies: its inputs
     still in flight are cancelled, and leave no task behind.
     """
-    state = websocket.app.state
     await websocket.accept()
-    model, batcher = state.model, state.batcher
-    if model is None or batcher is None or not model.ready:
-        reason = "no model on this instance (LOAD_MODEL=false or loading); use /classify"
-        await websocket.close(TRY_AGAIN_LATER, reason)
+    try:
+        served, _ = await choose_version(websocket)
+    except (VersionNotFound, InputError) as exc:
+        await websocket.close(POLICY_VIOLATION, _Close(0, str(exc)).reason)
+        return
+    except (VersionUnavailable, ServiceUnavailable) as exc:
+        reason = "no model on this instance (LOAD_MODEL=false or loading); use /classify" \
+            if isinstance(exc, ServiceUnavailable) else str(exc)
+        await websocket.close(TRY_AGAIN_LATER, _Close(0, reason).reason)
         return
     metrics.WS_CONNECTIONS.inc()
     try:
-        await _Stream(websocket, state).run()
+        await _Stream(websocket, websocket.app.state, served).run()
     finally:
         metrics.WS_CONNECTIONS.dec()
 
@@ -102,10 +114,10 @@ class _Stream:
     """One connection: a reader that turns frames into prediction tasks, a writer that sends
     their results in order, and a semaphore between them that bounds what is in flight."""
 
-    def __init__(self, websocket: WebSocket, state: Any) -> None:
+    def __init__(self, websocket: WebSocket, state: Any, served: ServedVersion) -> None:
         self.websocket = websocket
         self.settings = state.settings
-        self.model, self.batcher, self.cache = state.model, state.batcher, state.cache
+        self.served, self.cache = served, state.cache
         self.slots = asyncio.Semaphore(self.settings.ws_max_in_flight)
         self.in_order: deque[tuple[Any, asyncio.Future[bytes]]] = deque()
         self.ready = asyncio.Event()  # something was appended to in_order
@@ -177,10 +189,7 @@ class _Stream:
             self.in_order.append((item_id, refused))
         else:
             prediction = predict_digit(
-                digit,
-                model=self.model,
-                batcher=self.batcher,
-                cache=self.cache,
+                digit, served=self.served, cache=self.cache,
                 timeout_s=self.settings.request_timeout_s,
             )
             task = asyncio.create_task(prediction, name=PREDICT_TASK)
