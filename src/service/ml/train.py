@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from service.ml.augment import RandomAffine
 from service.ml.checkpoint import save_checkpoint
@@ -31,6 +30,7 @@ from service.ml.data import DigitDataset, dataset_names, load_dataset
 from service.ml.evaluate import log_probabilities, resolve_device
 from service.ml.model import build_model
 from service.ml.preprocess import Normalization, normalize
+from service.ml.progress import progress_bar
 from service.ml.records import write_json
 from service.provenance import git_state, library_versions
 
@@ -203,7 +203,7 @@ def train(
 
     count = len(train_y)
     steps = (count + config.batch_size - 1) // config.batch_size
-    bar = tqdm(total=steps * config.epochs, desc="train", unit="batch", disable=not progress)
+    bar = progress_bar(steps * config.epochs, enabled=progress, desc="train", unit="batch")
     epochs: list[dict[str, float]] = []
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
@@ -222,7 +222,7 @@ def train(
             precision.step(loss, optimizer)
             loss_sum += loss.detach().float() * len(index)
             bar.update(1)
-            if progress and (step % 20 == 0 or step == steps):
+            if not bar.disable and (step % 20 == 0 or step == steps):
                 bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", refresh=False)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -241,7 +241,7 @@ def train(
         )
         if progress:
             bar.write(
-                f"epoch {epoch:>2}: train loss {epochs[-1]['train_loss']:.4f}  "
+                f"epoch {epoch:>2}/{config.epochs}: train loss {epochs[-1]['train_loss']:.4f}  "
                 f"test loss {test_loss:.4f}  test accuracy {test_accuracy:.2%}  "
                 f"{count / seconds:,.0f} images/s"
             )
