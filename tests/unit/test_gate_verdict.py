@@ -274,6 +274,19 @@ def test_a_class_recall_drop_beyond_the_bound_is_refused(tmp_path, recorded_run)
     assert "drop 0.1000 beyond the bound 0.0800" in verdict.failed[0].detail
 
 
+def test_a_model_worse_in_every_class_names_the_three_surest_and_counts_the_rest(
+    tmp_path, recorded_run
+):
+    changes = {label: (40 + label, 0) for label in range(10)}
+    run = write_run(tmp_path, recorded_run, **paired(changes))
+    per_class = by_name(gate(run, champion="v1"))["no_class_recall_regression"]
+    assert not per_class.passed
+    assert per_class.measured.startswith("class 9: drop 0.4900")
+    assert per_class.detail.count("(b ") == 3
+    assert "class 9 (b 49, c 0 of 100 digits" in per_class.detail
+    assert "; and 7 more classes; Holm over 10 classes" in per_class.detail
+
+
 def test_regression_is_refused_when_the_champion_was_not_evaluated_in_the_run(
     tmp_path, recorded_run
 ):

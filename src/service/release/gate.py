@@ -389,6 +389,9 @@ def paired_comparison(evaluation: dict[str, Any]) -> Comparison:
     return compare(labels, candidate, champion, class_names)
 
 
+MAX_CLASSES_LISTED = 3  # a model that learnt nothing fails every class: one line, not ten
+
+
 def _accuracy_required(criteria: Criteria) -> str:
     return (f"not significantly worse (one-sided p > {criteria.regression_alpha:g}) and drop "
             f"<= {criteria.accuracy_drop_bound:.4f}")
@@ -445,14 +448,20 @@ def _class_recall_regression(
     worse = sorted((item for item in classes if reasons(item)),
                    key=lambda item: (item.adjusted_p, -item.counts.drop))
     shown = worse[0] if worse else max(classes, key=lambda item: item.counts.drop)
-    closest = min(classes, key=lambda item: item.adjusted_p)
-    detail = ("worse: " + "; ".join(
-        f"class {item.label} (b {item.counts.b}, c {item.counts.c} of {item.counts.n} digits, "
-        f"p {item.p_value:.3g}, Holm p {item.adjusted_p:.3g}): {' and '.join(reasons(item))}"
-        for item in worse
-    ) if worse else (f"no class significantly worse (smallest Holm p {closest.adjusted_p:.3g}, "
-                     f"class {closest.label}) or beyond the bound (largest drop "
-                     f"{shown.counts.drop:.4f}, class {shown.label})"))
+    if worse:
+        detail = "worse: " + "; ".join(
+            f"class {item.label} (b {item.counts.b}, c {item.counts.c} of {item.counts.n} "
+            f"digits, p {item.p_value:.3g}, Holm p {item.adjusted_p:.3g}): "
+            + " and ".join(reasons(item))
+            for item in worse[:MAX_CLASSES_LISTED]
+        )
+        if len(worse) > MAX_CLASSES_LISTED:
+            detail += f"; and {len(worse) - MAX_CLASSES_LISTED} more classes"
+    else:
+        closest = min(classes, key=lambda item: item.adjusted_p)
+        detail = (f"no class significantly worse (smallest Holm p {closest.adjusted_p:.3g}, "
+                  f"class {closest.label}) or beyond the bound (largest drop "
+                  f"{shown.counts.drop:.4f}, class {shown.label})")
     return CriterionResult(
         name="no_class_recall_regression",
         passed=not worse,
