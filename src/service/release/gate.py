@@ -72,6 +72,7 @@ class Criteria(BaseModel):
     @classmethod
     def _no_retired_fields(cls, values: Any) -> Any:
         return _refuse_retired(values)
+
     sample_probability_atol: float = Field(
         1e-4, ge=0, description="Serving vs notebook probabilities on the recorded sample."
     )
@@ -96,6 +97,7 @@ class CriteriaOverride(BaseModel):
     @classmethod
     def _no_retired_fields(cls, values: Any) -> Any:
         return _refuse_retired(values)
+
     sample_probability_atol: float | None = Field(None, ge=0)
     min_runtime_agreement: float | None = Field(None, ge=0, le=1)
     max_runtime_accuracy_drop: float | None = Field(None, ge=0, le=1)
