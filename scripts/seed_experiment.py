@@ -12,11 +12,15 @@ its evaluation record is judged twice:
   ``service.release.gate.no_regression`` (McNemar's exact one-sided test, Holm across classes,
   and the practical bounds).
 
+Because the same digits are evaluated each time, every seed can also stand in as the champion
+for every other (9 x 8 ordered pairs, from the same evaluations): the champion a weekly retrain
+meets is whichever seed happened to be released last, lucky or not.
+
 It writes docs/release-gate.md (a row per candidate: accuracy, b, c, p, both verdicts; the
-refusal counts; the printed refusals of the clearly worse models) and docs/release-gate.json.
-For the overall criterion it also works out, exactly, how often the policy refuses two models
-that disagree on as many digits as the reseeds did: when they are equally good, and when the
-candidate is 1, 2 or 3 points worse.
+refusal counts; the printed refusals of the clearly worse models; the pairs) and
+docs/release-gate.json. It also works out exactly how often each rule refuses a retrain that is
+as good as the champion and disagrees with it on as many digits as the seeds did, and how often
+the gate refuses one that besides gets 10, 20 or 30 more digits wrong (1, 2, 3 points).
 
     .venv/bin/python scripts/seed_experiment.py             # ~11 trainings of ~1 min on 2 cores
     .venv/bin/python scripts/seed_experiment.py --seeds 2 3 --out /tmp/try
@@ -36,6 +40,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from itertools import permutations
 from math import comb
 from pathlib import Path
 from typing import Any
@@ -59,8 +64,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHAMPION_SEED = 1
 OLD_ACCURACY_TOLERANCE = 0.005  # policy_version 1: max_accuracy_drop
 OLD_RECALL_TOLERANCE = 0.03  # policy_version 1: max_class_recall_drop
-CHAMPION_LABEL = "seed 1"
-TRUE_DROPS = (0.0, 0.01, 0.02, 0.03)
+EXTRA_MISTAKES = (0, 10, 20, 30)  # digits: 0 to 3 points on 1,000
 
 
 @dataclass(frozen=True)
@@ -114,27 +118,27 @@ def old_rule(record: dict[str, Any]) -> list[str]:
     return reasons
 
 
-def judge(recipe: Recipe, record: dict[str, Any], criteria: Criteria) -> dict[str, Any]:
+def judge(
+    name: str, kind: str, record: dict[str, Any], criteria: Criteria, champion: str
+) -> dict[str, Any]:
     """One candidate's row: the paired figures, the old rule's and the gate's verdicts."""
     comparison = paired_comparison(record)
-    results: list[CriterionResult] = no_regression(record, CHAMPION_LABEL, criteria)
+    results: list[CriterionResult] = no_regression(record, champion, criteria)
     overall = comparison.overall
     worst = max(comparison.classes, key=lambda item: item.counts.drop)
-    closest = min(comparison.classes, key=lambda item: item.adjusted_p)
     old = old_rule(record)
     verdict = Verdict(all(result.passed for result in results), None, results)
     return {
-        "name": recipe.name,
-        "kind": recipe.kind,
-        "params": {key: value for key, value in asdict(recipe.config).items()
-                   if key in ("dataset", "epochs", "lr", "seed", "limit")},
+        "name": name,
+        "kind": kind,
+        "champion": champion,
         "accuracy": record["candidate"]["accuracy"],
+        "champion_accuracy": record["champion"]["accuracy"],
         "n": overall.n, "b": overall.b, "c": overall.c,
         "drop": overall.drop, "p": overall.p_value,
         "worst_class": {"class": worst.label, "drop": worst.counts.drop,
                         "b": worst.counts.b, "c": worst.counts.c, "n": worst.counts.n,
                         "holm_p": worst.adjusted_p},
-        "smallest_holm_p": {"class": closest.label, "holm_p": closest.adjusted_p},
         "classes": [{"class": item.label, "n": item.counts.n, "b": item.counts.b,
                      "c": item.counts.c, "p": item.p_value, "holm_p": item.adjusted_p}
                     for item in comparison.classes],
@@ -145,16 +149,44 @@ def judge(recipe: Recipe, record: dict[str, Any], criteria: Criteria) -> dict[st
     }
 
 
-def refusal_probability(d: int, n: int, drop: float, criteria: Criteria) -> float:
-    """Exactly: how often no_accuracy_regression refuses when two models disagree on d of n
-    digits and the candidate is truly ``drop`` worse (each disagreement goes to the champion
-    with probability (d + drop * n) / 2d)."""
-    if d == 0:
-        return 0.0
-    share = min(1.0, (d + drop * n) / (2 * d))
-    return sum(comb(d, b) * share**b * (1 - share) ** (d - b) for b in range(d + 1)
-               if _new_refuses(b, d - b, n, criteria.regression_alpha,
-                               criteria.accuracy_drop_bound))
+def pair_record(
+    candidate: dict[str, Any], champion: dict[str, Any], common: dict[str, Any]
+) -> dict[str, Any]:
+    """The evaluation record of one model against another, both already evaluated on the same
+    digits: what evaluate() would write with the second as champion."""
+    return {
+        "dataset": common["dataset"],
+        "candidate": candidate["metrics"],
+        "champion": champion["metrics"],
+        "predictions": {**common["predictions"], "candidate": candidate["predictions"],
+                        "champion": champion["predictions"]},
+    }
+
+
+def every_pair(
+    records: dict[str, dict[str, Any]], champion: str, criteria: Criteria
+) -> list[dict[str, Any]]:
+    """Every reseed (the champion's seed too) judged against every other as champion."""
+    common = next(iter(records.values()))
+    models = {champion: {"metrics": common["champion"],
+                         "predictions": common["predictions"]["champion"]}}
+    models |= {name: {"metrics": record["candidate"],
+                      "predictions": record["predictions"]["candidate"]}
+               for name, record in records.items()}
+    return [
+        judge(candidate, "pair", pair_record(models[candidate], models[holder], common),
+              criteria, holder)
+        for holder, candidate in permutations(models, 2)
+    ]
+
+
+def refusal_probability(d: int, n: int, extra: int, criteria: Criteria) -> float:
+    """Exactly: how often no_accuracy_regression refuses a candidate that disagrees with the
+    champion by chance on d of n digits (each a fair coin) and besides gets ``extra`` digits
+    wrong that the champion gets right."""
+    return sum(comb(d, x) for x in range(d + 1)
+               if _new_refuses(x + extra, d - x, n, criteria.regression_alpha,
+                               criteria.accuracy_drop_bound)) / 2**d
 
 
 def _new_refuses(b: int, c: int, n: int, alpha: float, bound: float) -> bool:
@@ -189,10 +221,10 @@ def null_refusal(row: dict[str, Any], overall: Refuses, per_class: Refuses) -> f
                if refused or overall(wins, d - wins, row["n"]))
 
 
-def rates(rows: list[dict[str, Any]], criteria: Criteria) -> dict[str, Any]:
-    reseeds = [row for row in rows if row["kind"] == "reseed"]
+def rates(pairs: list[dict[str, Any]], criteria: Criteria) -> dict[str, Any]:
+    """The two rules' chances over the disagreements the pairs of seeds showed."""
     alpha = criteria.regression_alpha
-    family = len(reseeds[0]["classes"])
+    family = len(pairs[0]["classes"])
 
     def new_overall(b: int, c: int, n: int) -> bool:
         return _new_refuses(b, c, n, alpha, criteria.accuracy_drop_bound)
@@ -207,17 +239,18 @@ def rates(rows: list[dict[str, Any]], criteria: Criteria) -> dict[str, Any]:
     def old_class(b: int, c: int, n: int) -> bool:
         return _old_refuses(b, c, n, OLD_RECALL_TOLERANCE)
 
-    old = [null_refusal(row, old_overall, old_class) for row in reseeds]
-    new = [null_refusal(row, new_overall, new_class) for row in reseeds]
-    d = round(sum(row["b"] + row["c"] for row in reseeds) / len(reseeds))
-    n = reseeds[0]["n"]
+    old = [null_refusal(row, old_overall, old_class) for row in pairs]
+    new = [null_refusal(row, new_overall, new_class) for row in pairs]
+    disagreements = [row["b"] + row["c"] for row in pairs]
+    d, n = round(sum(disagreements) / len(pairs)), pairs[0]["n"]
     return {
         "equally_good": {"old": sum(old) / len(old), "new": sum(new) / len(new),
-                         "per_reseed": {row["name"]: {"old": o, "new": w}
-                                        for row, o, w in zip(reseeds, old, new, strict=True)}},
-        "disagreements": d, "n": n,
-        "overall_by_true_drop": {f"{drop:.2f}": refusal_probability(d, n, drop, criteria)
-                                 for drop in TRUE_DROPS},
+                         "old_worst_pair": max(old), "new_worst_pair": max(new)},
+        "disagreements": {"mean": sum(disagreements) / len(pairs), "min": min(disagreements),
+                          "max": max(disagreements)},
+        "n": n,
+        "overall_by_extra_mistakes": {str(extra): refusal_probability(d, n, extra, criteria)
+                                      for extra in EXTRA_MISTAKES},
     }
 
 
@@ -232,12 +265,13 @@ def _old_verdict(row: dict[str, Any]) -> str:
 
 
 def _new_verdict(row: dict[str, Any]) -> str:
-    failed = [c["name"] for c in row["new"]["criteria"] if not c["passed"]]
+    failed = row["new"].get("failed") or [
+        c["name"] for c in row["new"].get("criteria", []) if not c["passed"]]
     return "**refused**: " + ", ".join(failed) if failed else "released"
 
 
 def markdown(report: dict[str, Any]) -> str:
-    policy, rows, odds = report["policy"], report["rows"], report["rates"]
+    policy, rows, pairs, odds = report["policy"], report["rows"], report["pairs"], report["rates"]
     criteria = policy["criteria"]
     reseeds = [row for row in rows if row["kind"] == "reseed"]
     worse = [row for row in rows if row["kind"] == "worse"]
@@ -260,10 +294,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"- old rule (policy_version 1): refused when accuracy drops by more than "
         f"{OLD_ACCURACY_TOLERANCE} or any class recall by more than {OLD_RECALL_TOLERANCE};",
         f"- new gate (release-policy.yaml, policy_version {policy['version']}), through "
-        "`service.release.gate.no_regression`: refused when "
-        f"McNemar's exact one-sided p <= {criteria['regression_alpha']:g} (per class: "
-        f"Holm-adjusted) or the drop exceeds {criteria['accuracy_drop_bound']:g} (per class: "
-        f"{criteria['class_recall_drop_bound']:g}).",
+        "`service.release.gate.no_regression`: refused when McNemar's exact one-sided p <= "
+        f"{criteria['regression_alpha']:g} (per class: Holm-adjusted) or the drop exceeds "
+        f"{criteria['accuracy_drop_bound']:g} (per class: {criteria['class_recall_drop_bound']:g}"
+        ").",
         "",
         "b: digits the champion gets right and the candidate wrong; c: the reverse; "
         "p = P(X >= b), X ~ Binomial(b + c, 1/2); drop = (b - c) / n, n = 1000 (a class: "
@@ -274,14 +308,7 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for row in rows:
-        worst = row["worst_class"]
-        lines.append(
-            f"| {row['name']} | {row['accuracy']:.4f} | {row['b']} | {row['c']} | "
-            f"{row['p']:.3g} | {row['drop']:+.4f} | {worst['class']}: {worst['drop']:+.3f} "
-            f"({worst['b']}, {worst['c']} of {worst['n']}), {worst['holm_p']:.3g} | "
-            f"{_old_verdict(row)} | {_new_verdict(row)} |"
-        )
-    equal = odds["equally_good"]
+        lines.append(_table_row(row, row["name"]))
     lines += [
         "",
         f"**Reseeds refused: old rule {refused(reseeds, 'old')} of {len(reseeds)}, new gate "
@@ -295,33 +322,65 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for row in worse:
         lines += [f"# {row['name']}", row["new"]["printed"]]
+    either = [pair for pair in pairs if pair["old"]["refused"] or pair["new"]["refused"]]
     lines += [
         "```",
         "",
+        "## Every seed as the champion",
+        "",
+        "The champion a weekly retrain meets is whichever seed was released last. The same "
+        f"evaluations give every ordered pair of the {len(reseeds) + 1} seeds ({len(pairs)} "
+        f"pairs): **old rule refused {refused(pairs, 'old')}, new gate "
+        f"{refused(pairs, 'new')}.** The pairs either rule refused:",
+        "",
+        "| candidate vs champion | accuracy | b | c | p | drop | largest class drop: class, "
+        "drop (b, c of n), Holm p | old rule | new gate |",
+        "|---|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    lines += [_table_row(pair, f"{pair['name']} vs {pair['champion']}") for pair in either]
+    if not either:
+        lines.append("| none | | | | | | | | |")
+    equal, spread = odds["equally_good"], odds["disagreements"]
+    lines += [
+        "",
         "## How often, beyond these seeds",
         "",
-        f"{len(reseeds)} reseeds cannot measure a rate of a few percent, so it is worked out "
-        "exactly. Suppose a candidate exactly as good as the champion, disagreeing with it on "
-        "the same digits of each class as a reseed did: each such digit then goes either way "
-        "with probability 1/2, independently. Averaged over the reseeds, both criteria "
-        "together refuse such a candidate:",
+        f"{len(pairs)} pairs cannot measure a rate of a few percent, so it is worked out "
+        "exactly. Take a retrain exactly as good as its champion that disagrees with it on the "
+        "same digits of each class as a pair of seeds did: each such digit then goes either way "
+        "with probability 1/2, independently. Averaged over the pairs (disagreeing on "
+        f"{spread['min']} to {spread['max']} digits, {spread['mean']:.1f} on average), both "
+        "criteria together refuse it:",
         "",
-        "| rule | per retrain | weekly retrains refused a year |",
+        "| rule | per retrain (worst pair) | weekly retrains refused a year |",
         "|---|---:|---:|",
-        f"| old rule | {equal['old']:.1%} | {52 * equal['old']:.1f} |",
-        f"| new gate | {equal['new']:.1%} | {52 * equal['new']:.1f} |",
+        f"| old rule | {equal['old']:.1%} ({equal['old_worst_pair']:.1%}) | "
+        f"{52 * equal['old']:.1f} |",
+        f"| new gate | {equal['new']:.1%} ({equal['new_worst_pair']:.1%}) | "
+        f"{52 * equal['new']:.1f} |",
         "",
-        f"And the overall criterion alone, for two models that disagree on "
-        f"{odds['disagreements']} of {odds['n']} digits (the reseeds' mean), when the "
-        "candidate is truly worse by:",
+        "And how often the overall criterion refuses a candidate that, beyond disagreeing by "
+        f"chance on {round(spread['mean'])} digits, gets more digits wrong that the champion gets "
+        "right:",
         "",
-        "| 0 (equally good) | 1 point | 2 points | 3 points |",
-        "|---:|---:|---:|---:|",
-        "| " + " | ".join(f"{value:.1%}" for value in odds["overall_by_true_drop"].values())
-        + " |",
+        "| more digits wrong | " + " | ".join(f"{extra} ({int(extra) / odds['n']:.0%})"
+                                          for extra in odds["overall_by_extra_mistakes"]) + " |",
+        "|---|" + "---:|" * len(odds["overall_by_extra_mistakes"]),
+        "| refused | " + " | ".join(f"{value:.1%}"
+                                 for value in odds["overall_by_extra_mistakes"].values()) + " |",
         "",
     ]
     return "\n".join(lines)
+
+
+def _table_row(row: dict[str, Any], label: str) -> str:
+    worst = row["worst_class"]
+    return (
+        f"| {label} | {row['accuracy']:.4f} | {row['b']} | {row['c']} | {row['p']:.3g} | "
+        f"{row['drop']:+.4f} | {worst['class']}: {worst['drop']:+.3f} ({worst['b']}, "
+        f"{worst['c']} of {worst['n']}), {worst['holm_p']:.3g} | {_old_verdict(row)} | "
+        f"{_new_verdict(row)} |"
+    )
 
 
 def main() -> int:
@@ -343,15 +402,16 @@ def main() -> int:
     criteria = policy.for_dataset(dataset.name)
     champion_path = trained(champion, args.work_dir, dataset, args.retrain)
     rows: list[dict[str, Any]] = []
-    champion_accuracy, device = None, args.device
+    reseed_records: dict[str, dict[str, Any]] = {}
     for recipe in candidates:
         checkpoint = trained(recipe, args.work_dir, dataset, args.retrain)
-        result = evaluate(EvaluateConfig(
+        record = evaluate(EvaluateConfig(
             run_dir=str(checkpoint.parent), checkpoint=str(checkpoint),
             champion_checkpoint=str(champion_path), device=args.device,
-        ), latency_repeats=1)
-        champion_accuracy, device = result.record["champion"]["accuracy"], result.record["device"]
-        row = judge(recipe, result.record, criteria)
+        ), latency_repeats=1).record
+        if recipe.kind == "reseed":
+            reseed_records[recipe.name] = record
+        row = judge(recipe.name, recipe.kind, record, criteria, champion.name)
         rows.append(row)
         print(f"{row['name']}: accuracy {row['accuracy']:.4f}, b {row['b']}, c {row['c']}, "
               f"p {row['p']:.3g}, drop {row['drop']:+.4f}; old rule "
@@ -359,18 +419,28 @@ def main() -> int:
               f"{'refused' if row['new']['refused'] else 'released'}", flush=True)
         if row["new"]["printed"]:
             print(row["new"]["printed"], flush=True)
-    versions = library_versions()
+    pairs = every_pair(reseed_records, champion.name, criteria)
+    print(f"{len(pairs)} pairs of seeds: old rule refused {sum(p['old']['refused'] for p in pairs)}"
+          f", new gate {sum(p['new']['refused'] for p in pairs)}", flush=True)
+    record = next(iter(reseed_records.values()))
     report = {
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {device}",
-        "torch": versions.get("torch"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {record['device']}",
+        "torch": library_versions().get("torch"),
         "policy": {"version": policy.policy_version, "criteria": criteria.model_dump()},
         "old_rule": {"max_accuracy_drop": OLD_ACCURACY_TOLERANCE,
                      "max_class_recall_drop": OLD_RECALL_TOLERANCE},
         "champion": asdict(champion.config) | {"run_dir": champion_path.parent.name},
-        "champion_accuracy": champion_accuracy,
+        "champion_accuracy": record["champion"]["accuracy"],
         "rows": rows,
-        "rates": rates(rows, criteria),
+        "pairs": [{key: pair[key] for key in ("name", "champion", "accuracy",
+                                              "champion_accuracy", "b", "c", "p", "drop",
+                                              "worst_class", "old")}
+                  | {"new": {"refused": pair["new"]["refused"],
+                             "failed": [c["name"] for c in pair["new"]["criteria"]
+                                        if not c["passed"]]}}
+                  for pair in pairs],
+        "rates": rates(pairs, criteria),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")

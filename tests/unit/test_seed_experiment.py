@@ -63,8 +63,13 @@ def test_the_equally_good_refusal_rate_is_the_gates_own_over_every_outcome(exper
     assert rates["equally_good"]["new"] == pytest.approx(brute_force, abs=1e-12)
 
 
-def test_a_truly_worse_candidate_is_refused_more_often_than_an_equal_one(experiment):
-    chances = [experiment.refusal_probability(40, 1000, drop, CRITERIA)
-               for drop in (0.0, 0.01, 0.02)]
-    assert chances == sorted(chances)
-    assert experiment.refusal_probability(0, 1000, 0.0, CRITERIA) == 0.0
+def test_a_candidate_with_more_mistakes_is_refused_more_often(experiment):
+    chances = [experiment.refusal_probability(12, 100, extra, CRITERIA) for extra in (0, 2, 5)]
+    assert chances[0] < chances[1] < chances[2]
+    # 5 more mistakes on 100 digits, over a bound of 0.1: refused when b - c > 10 or p <= 0.3
+    brute_force = sum(
+        experiment.comb(12, x) for x in range(13)
+        if (x + 5 - (12 - x)) / 100 > 0.1 or experiment.exact_one_sided_p(x + 5, 12 - x) <= 0.3
+    ) / 2**12
+    assert chances[2] == pytest.approx(brute_force)
+    assert experiment.refusal_probability(0, 100, 0, CRITERIA) == 0.0
