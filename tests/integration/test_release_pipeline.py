@@ -32,8 +32,9 @@ TEST_POLICY = """
 criteria:
   min_accuracy: 0.3
   min_class_recall: 0.0
-  max_accuracy_drop: 0.02
-  max_class_recall_drop: 0.5
+  regression_alpha: 0.01
+  accuracy_drop_bound: 0.02
+  class_recall_drop_bound: 0.5
   min_runtime_agreement: 0.9
   max_runtime_accuracy_drop: 0.05
 """
@@ -119,7 +120,8 @@ def test_a_second_passing_release_moves_production_to_v2_and_previous_to_v1(rele
     assert second.record["champion"]["version"] == "v1"
     assert second.record["release"]["aliases"] == {"production": "v2", "previous": "v1"}
     regression = criteria(second.record)["no_accuracy_regression"]
-    assert regression["passed"] and regression["measured"] == 0.0
+    assert regression["passed"] and regression["measured"] == "drop 0.0000, p 1"
+    assert "b 0 champion right & candidate wrong, c 0" in regression["detail"]
     assert "champion v1" in regression["detail"]
 
 
@@ -218,8 +220,11 @@ def test_a_candidate_worse_than_the_champion_is_refused(released, tmp_path):
     verdict = criteria(refused.record)
     assert verdict["min_accuracy"]["passed"]
     assert not verdict["no_accuracy_regression"]["passed"]
-    assert verdict["no_accuracy_regression"]["measured"] > 0.02
-    assert "FAILED no_accuracy_regression" in refused.stderr
+    regression = verdict["no_accuracy_regression"]
+    assert "significantly worse (p <= 0.01)" in regression["detail"]
+    assert "McNemar exact on 200 digits" in regression["detail"]
+    assert "beyond the bound 0.0200" in regression["detail"]
+    assert "FAILED no_accuracy_regression: measured drop 0." in refused.stderr
     assert refused.record["champion"]["version"] == "v2"
     assert refused.record["metrics"]["champion"]["accuracy"] == (
         released["second"].record["metrics"]["candidate"]["accuracy"])

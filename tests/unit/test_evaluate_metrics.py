@@ -22,6 +22,7 @@ from service.ml.evaluate import (
     worst_mistakes,
     write_evaluation,
 )
+from service.ml.records import decode_classes, encode_classes
 
 # Four digits, three classes: two right, two wrong.
 LABELS = np.array([0, 1, 2, 2])
@@ -128,6 +129,14 @@ def test_evaluate_finds_the_dataset_recorded_in_the_checkpoint(tiny_checkpoint, 
     assert len(sample["predictions"]) == 8 and len(sample["probabilities"]) == 8
     assert all(len(row) == 10 and abs(sum(row) - 1) < 1e-4 for row in sample["probabilities"])
     assert sample["predictions"] == [int(np.argmax(row)) for row in sample["probabilities"]]
+    # every digit's prediction of both models, for the gate's paired test, in its own section
+    predictions = record["predictions"]
+    assert predictions["size"] == 40
+    assert decode_classes(predictions["labels"]).tolist() == result.dataset.test_labels.tolist()
+    assert decode_classes(predictions["candidate"]).tolist() == (
+        result.candidate.predictions.tolist())
+    assert predictions["champion"] == predictions["candidate"]
+    assert "predictions" not in record["candidate"]
 
 
 def test_evaluate_without_champion_records_null(tiny_checkpoint, tmp_path):
@@ -136,6 +145,19 @@ def test_evaluate_without_champion_records_null(tiny_checkpoint, tmp_path):
         latency_repeats=1,
     )
     assert result.record["champion"] is None
+    assert result.record["predictions"]["champion"] is None
+    assert len(result.record["predictions"]["candidate"]) == 20
+
+
+def test_class_indices_are_recorded_one_character_each():
+    indices = np.array([7, 2, 1, 0, 4, 35, 10])
+    assert encode_classes(indices) == "72104za"
+    assert decode_classes("72104za").tolist() == indices.tolist()
+    assert encode_classes(np.array([], dtype=np.int64)) == ""
+    with pytest.raises(ValueError, match=r"0\.\.35"):
+        encode_classes([36])
+    with pytest.raises(ValueError, match="'#' is not a recorded class"):
+        decode_classes("12#")
 
 
 def test_a_model_for_other_classes_is_refused(tiny_checkpoint):

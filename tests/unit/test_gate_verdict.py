@@ -7,13 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from service.ml.checkpoint import load_checkpoint, save_checkpoint
 from service.ml.data import load_dataset
+from service.ml.evaluate import accuracy, confusion_matrix, per_class
 from service.ml.model import MnistCNN
 from service.ml.preprocess import normalize
+from service.ml.records import encode_classes
 from service.release.checks import run_serving_checks
 from service.release.gate import (
     Criteria,
@@ -26,7 +29,8 @@ from service.release.gate import (
 
 SAMPLE = 16
 POLICY = Policy(criteria=Criteria(
-    min_accuracy=0.9, min_class_recall=0.8, max_accuracy_drop=0.01, max_class_recall_drop=0.05,
+    min_accuracy=0.9, min_class_recall=0.8, regression_alpha=0.01, accuracy_drop_bound=0.015,
+    class_recall_drop_bound=0.08,
 ))
 CRITERIA_ORDER = [
     "notebooks_executed", "run_records", "min_accuracy", "min_class_recall",
@@ -47,6 +51,46 @@ def metrics(accuracy: float, recalls: list[float], support: int = 10) -> dict[st
         "confusion_matrix": [[0] * len(recalls) for _ in recalls],
         "latency_ms": {"batch_1": 1.0, "batch_32": 2.0},
     }
+
+
+def paired(
+    changes: dict[int, tuple[int, int]], support: dict[int, int] | None = None,
+    both_wrong: int = 2,
+) -> dict[str, Any]:
+    """evaluation.json's champion, candidate and predictions for two models that differ on
+    the digits given: class -> (b, c), b digits the champion alone gets right and c digits the
+    candidate alone gets right, over ``support`` digits a class (100 by default; 10 classes)."""
+    sizes = {label: (support or {}).get(label, 100) for label in range(10)}
+    labels = np.concatenate([np.full(size, label) for label, size in sizes.items()])
+    candidate, champion = labels.copy(), labels.copy()
+    start = 0
+    for label, size in sizes.items():
+        b, c = changes.get(label, (0, 0))
+        wrong = (label + 1) % 10
+        candidate[start : start + b] = wrong
+        champion[start + b : start + b + c] = wrong
+        candidate[start + b + c : start + b + c + both_wrong] = wrong
+        champion[start + b + c : start + b + c + both_wrong] = wrong
+        start += size
+
+    def scored(predictions: np.ndarray) -> dict[str, Any]:
+        matrix = confusion_matrix(labels, predictions, 10)
+        return {**metrics(accuracy(labels, predictions), [0.9] * 10),
+                "per_class": per_class(matrix, [str(i) for i in range(10)])}
+
+    return {
+        "candidate": scored(candidate),
+        "champion": scored(champion),
+        "predictions": {"size": len(labels), "labels": encode_classes(labels),
+                        "candidate": encode_classes(candidate),
+                        "champion": encode_classes(champion)},
+    }
+
+
+def spread(total_b: int, total_c: int) -> dict[int, tuple[int, int]]:
+    """b and c dealt out over the ten classes as evenly as they go."""
+    return {label: (total_b // 10 + (label < total_b % 10), total_c // 10 + (label < total_c % 10))
+            for label in range(10)}
 
 
 @pytest.fixture(scope="module")
@@ -149,36 +193,105 @@ def test_classes_without_test_digits_are_not_judged_on_recall(tmp_path, recorded
     assert by_name(verdict)["min_class_recall"].passed
 
 
-def test_release_is_refused_when_accuracy_drops_beyond_the_tolerance_against_the_champion(
+def test_a_seed_noise_sized_difference_against_the_champion_is_released(tmp_path, recorded_run):
+    # reseeding alone moved accuracy by 0.007 on 1000 digits: 16 digits lost, 9 won
+    run = write_run(tmp_path, recorded_run, **paired(spread(16, 9)))
+    verdict = gate(run, champion="v3")
+    assert verdict.passed, format_failures(verdict)
+    overall = by_name(verdict)["no_accuracy_regression"]
+    assert overall.measured == "drop 0.0070, p 0.115"
+    assert "b 16 champion right & candidate wrong, c 9 candidate right & champion wrong" in (
+        overall.detail)
+    assert "on 1000 digits" in overall.detail and "champion v3" in overall.detail
+
+
+def test_identical_predictions_show_no_drop(tmp_path, recorded_run):
+    verdict = gate(write_run(tmp_path, recorded_run, **paired({})), champion="v3")
+    assert by_name(verdict)["no_accuracy_regression"].measured == "drop 0.0000, p 1"
+    assert by_name(verdict)["no_class_recall_regression"].passed
+
+
+def test_a_significantly_worse_candidate_is_refused_with_its_counts_and_p_value(
     tmp_path, recorded_run
 ):
-    run = write_run(tmp_path, recorded_run, candidate=metrics(0.95, [0.9] * 10),
-                    champion=metrics(0.97, [0.9] * 10))
+    # 14 digits lost and 1 won: a 1.3-point drop, inside the bound, but p = 16 / 2**15
+    run = write_run(tmp_path, recorded_run, **paired(spread(14, 1)))
     verdict = gate(run, champion="v3")
     assert [c.name for c in verdict.failed] == ["no_accuracy_regression"]
     failed = verdict.failed[0]
-    assert failed.measured == pytest.approx(0.02)
-    assert failed.required == "drop <= 0.0100"
-    assert "champion v3 0.9700" in failed.detail
+    assert failed.measured == "drop 0.0130, p 0.000488"
+    assert failed.required == "not significantly worse (one-sided p > 0.01) and drop <= 0.0150"
+    assert "McNemar exact on 1000 digits: b 14" in failed.detail
+    assert "c 1 candidate right" in failed.detail
+    assert failed.detail.endswith("refused: significantly worse (p <= 0.01)")
+    printed = format_failures(verdict)
+    assert ("FAILED no_accuracy_regression: measured drop 0.0130, p 0.000488, required not "
+            "significantly worse") in printed
+    assert "b 14" in printed and "c 1 " in printed
 
 
-def test_a_drop_within_the_tolerance_is_released(tmp_path, recorded_run):
-    run = write_run(tmp_path, recorded_run, candidate=metrics(0.95, [0.9] * 10),
-                    champion=metrics(0.955, [0.92] * 10))
+def test_a_drop_beyond_the_practical_bound_is_refused_even_when_not_significant(
+    tmp_path, recorded_run
+):
+    # 58 lost, 42 won: p 0.067 is no proof, but 1.6 points is more than the policy ships
+    run = write_run(tmp_path, recorded_run, **paired(spread(58, 42)))
     verdict = gate(run, champion="v3")
-    assert verdict.passed, format_failures(verdict)
-    assert by_name(verdict)["no_accuracy_regression"].measured == pytest.approx(0.005)
+    assert [c.name for c in verdict.failed] == ["no_accuracy_regression"]
+    failed = verdict.failed[0]
+    assert failed.measured == "drop 0.0160, p 0.0666"
+    assert failed.detail.endswith("refused: drop 0.0160 beyond the bound 0.0150")
 
 
-def test_release_is_refused_when_one_class_regresses_against_the_champion(tmp_path, recorded_run):
-    candidate_recalls = [0.9] * 10
-    candidate_recalls[2] = 0.84
-    run = write_run(tmp_path, recorded_run, candidate=metrics(0.96, candidate_recalls),
-                    champion=metrics(0.95, [0.9] * 10))
+def test_one_class_significantly_worse_is_refused_after_the_correction_across_classes(
+    tmp_path, recorded_run
+):
+    # class 3 (300 digits) loses 20 and wins 2: recall drop 0.06 is inside the bound, but
+    # p = 254 / 2**22, times 10 classes after Holm, is still far below alpha; the other
+    # classes win digits back, so overall the candidate is not worse
+    changes = {label: (0, 2) for label in range(10)}
+    changes[3] = (20, 2)
+    run = write_run(tmp_path, recorded_run, **paired(changes, support={3: 300}))
     verdict = gate(run, champion="v1")
     assert [c.name for c in verdict.failed] == ["no_class_recall_regression"]
-    assert verdict.failed[0].measured == pytest.approx(0.06)
-    assert "class 2 0.8400 vs 0.9000" in verdict.failed[0].detail
+    failed = verdict.failed[0]
+    assert failed.measured == "class 3: drop 0.0600, Holm p 0.000606"
+    assert ("class 3 (b 20, c 2 of 300 digits, p 6.06e-05, Holm p 0.000606): significantly "
+            "worse (Holm p <= 0.01)") in failed.detail
+    assert "Holm over 10 classes, champion v1" in failed.detail
+    assert failed.required == ("per class: not significantly worse (Holm-adjusted one-sided p > "
+                               "0.01) and recall drop <= 0.0800")
+
+
+def test_a_class_only_significant_before_the_correction_is_released(tmp_path, recorded_run):
+    # 7 of 100 digits lost, none won: p = 2**-7 < 0.01 alone, but 0.078 across ten classes
+    run = write_run(tmp_path, recorded_run, **paired({5: (7, 0), 6: (0, 3)}))
+    verdict = gate(run, champion="v1")
+    assert verdict.passed, format_failures(verdict)
+    per_class = by_name(verdict)["no_class_recall_regression"]
+    assert per_class.measured == "class 5: drop 0.0700, Holm p 0.0781"
+    assert "no class significantly worse (smallest Holm p 0.0781, class 5)" in per_class.detail
+
+
+def test_a_class_recall_drop_beyond_the_bound_is_refused(tmp_path, recorded_run):
+    # class 2 (40 digits) loses 4: recall drop 0.10, p 1/16 is no proof on so few digits
+    run = write_run(tmp_path, recorded_run, **paired({2: (4, 0)}, support={2: 40}))
+    verdict = gate(run, champion="v1")
+    assert [c.name for c in verdict.failed] == ["no_class_recall_regression"]
+    assert verdict.failed[0].measured == "class 2: drop 0.1000, Holm p 0.625"
+    assert "drop 0.1000 beyond the bound 0.0800" in verdict.failed[0].detail
+
+
+def test_a_model_worse_in_every_class_names_the_three_surest_and_counts_the_rest(
+    tmp_path, recorded_run
+):
+    changes = {label: (40 + label, 0) for label in range(10)}
+    run = write_run(tmp_path, recorded_run, **paired(changes))
+    per_class = by_name(gate(run, champion="v1"))["no_class_recall_regression"]
+    assert not per_class.passed
+    assert per_class.measured.startswith("class 9: drop 0.4900")
+    assert per_class.detail.count("(b ") == 3
+    assert "class 9 (b 49, c 0 of 100 digits" in per_class.detail
+    assert "; and 7 more classes; Holm over 10 classes" in per_class.detail
 
 
 def test_regression_is_refused_when_the_champion_was_not_evaluated_in_the_run(
@@ -188,6 +301,18 @@ def test_regression_is_refused_when_the_champion_was_not_evaluated_in_the_run(
     failed = {c.name for c in verdict.failed}
     assert failed == {"no_accuracy_regression", "no_class_recall_regression"}
     assert "holds no champion metrics" in by_name(verdict)["no_accuracy_regression"].detail
+
+
+def test_regression_is_refused_when_the_per_digit_predictions_were_not_recorded(
+    tmp_path, recorded_run
+):
+    recorded = paired(spread(0, 0))
+    recorded["predictions"]["champion"] = None
+    verdict = gate(write_run(tmp_path, recorded_run, **recorded), champion="v2")
+    assert {c.name for c in verdict.failed} == {"no_accuracy_regression",
+                                                 "no_class_recall_regression"}
+    detail = by_name(verdict)["no_class_recall_regression"].detail
+    assert "no per-digit predictions" in detail and "re-run evaluate.ipynb" in detail
 
 
 def test_a_failing_notebook_refuses_the_release_and_nothing_is_measured(tmp_path):

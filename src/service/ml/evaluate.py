@@ -19,7 +19,7 @@ import torch
 from service.ml.checkpoint import LoadedCheckpoint, load_checkpoint
 from service.ml.data import DigitDataset, load_dataset
 from service.ml.preprocess import Normalization, normalize
-from service.ml.records import write_json
+from service.ml.records import CLASS_ENCODING, encode_classes, write_json
 from service.provenance import git_state
 
 EVALUATION_RECORD = "evaluation.json"
@@ -340,6 +340,15 @@ def evaluate(config: EvaluateConfig, *, latency_repeats: int = LATENCY_REPEATS) 
         "dataset": dataset.describe(),
         "candidate": candidate.metrics,
         "champion": champion.metrics if champion else None,
+        # Every digit's prediction, for the gate's paired test against the champion. A section
+        # of its own: the metrics dicts above are copied into run.json and the model card.
+        "predictions": {
+            "encoding": CLASS_ENCODING,
+            "size": len(dataset.test_labels),
+            "labels": encode_classes(dataset.test_labels),
+            "candidate": encode_classes(candidate.predictions),
+            "champion": encode_classes(champion.predictions) if champion else None,
+        },
         "sample": {
             "size": size,
             "labels": dataset.test_labels[:size].tolist(),

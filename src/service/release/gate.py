@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.inference.verification import RuntimeCriteria
+from service.ml.records import decode_classes
+from service.release.regression import ClassComparison, Comparison, compare
 
 TRAIN_RECORD = "train.json"
 EVALUATION_RECORD = "evaluation.json"
@@ -30,6 +32,25 @@ class PolicyError(ValueError):
     """The policy file is missing or malformed; the message names the file and the fix."""
 
 
+# Fields of policy_version 1 whose meaning changed: a fixed tolerance then, a bound that holds
+# beside a significance test now. A policy that still names them is refused, not reinterpreted.
+RETIRED_CRITERIA = {
+    "max_accuracy_drop": "regression_alpha and accuracy_drop_bound",
+    "max_class_recall_drop": "regression_alpha and class_recall_drop_bound",
+}
+
+
+def _refuse_retired(values: Any) -> Any:
+    retired = [name for name in RETIRED_CRITERIA if isinstance(values, dict) and name in values]
+    if retired:
+        raise ValueError(
+            "; ".join(f"{name} was replaced by {RETIRED_CRITERIA[name]}" for name in retired)
+            + " in policy_version 2 (a paired test against the champion plus a practical bound); "
+            "see the comments in the repository's release-policy.yaml"
+        )
+    return values
+
+
 class Criteria(BaseModel):
     """Thresholds one release must meet."""
 
@@ -37,8 +58,24 @@ class Criteria(BaseModel):
 
     min_accuracy: float = Field(ge=0, le=1)
     min_class_recall: float = Field(ge=0, le=1)
-    max_accuracy_drop: float = Field(ge=0, le=1, description="Versus the champion, same data.")
-    max_class_recall_drop: float = Field(ge=0, le=1, description="Per class, versus the champion.")
+    regression_alpha: float = Field(
+        gt=0, lt=1, description="One-sided level of McNemar's exact test versus the champion "
+        "(per class: after Holm's adjustment)."
+    )
+    accuracy_drop_bound: float = Field(
+        ge=0, le=1, description="Versus the champion, same digits: refused beyond, significant "
+        "or not."
+    )
+    class_recall_drop_bound: float = Field(
+        ge=0, le=1, description="Per class, versus the champion: refused beyond, significant or "
+        "not."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_retired_fields(cls, values: Any) -> Any:
+        return _refuse_retired(values)
+
     sample_probability_atol: float = Field(
         1e-4, ge=0, description="Serving vs notebook probabilities on the recorded sample."
     )
@@ -63,8 +100,15 @@ class CriteriaOverride(BaseModel):
 
     min_accuracy: float | None = Field(None, ge=0, le=1)
     min_class_recall: float | None = Field(None, ge=0, le=1)
-    max_accuracy_drop: float | None = Field(None, ge=0, le=1)
-    max_class_recall_drop: float | None = Field(None, ge=0, le=1)
+    regression_alpha: float | None = Field(None, gt=0, lt=1)
+    accuracy_drop_bound: float | None = Field(None, ge=0, le=1)
+    class_recall_drop_bound: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_retired_fields(cls, values: Any) -> Any:
+        return _refuse_retired(values)
+
     sample_probability_atol: float | None = Field(None, ge=0)
     min_runtime_agreement: float | None = Field(None, ge=0, le=1)
     max_runtime_accuracy_drop: float | None = Field(None, ge=0, le=1)
@@ -218,8 +262,7 @@ def decide(
     else:
         results.append(_min_accuracy(candidate, criteria))
         results.append(_min_class_recall(candidate, criteria))
-        champion = evaluation.get("champion") if evaluation else None
-        results.extend(_no_regression(candidate, champion, champion_version, criteria))
+        results.extend(no_regression(evaluation, champion_version, criteria))
         results.extend(_serving_checks(records.serving, criteria))
     return Verdict(
         passed=all(result.passed for result in results),
@@ -241,9 +284,8 @@ def _metric_requirements(criteria: Criteria, champion_version: str | None) -> li
     return [
         ("min_accuracy", f">= {criteria.min_accuracy:.4f}"),
         ("min_class_recall", f">= {criteria.min_class_recall:.4f}"),
-        ("no_accuracy_regression", f"drop <= {criteria.max_accuracy_drop:.4f} vs {against}"),
-        ("no_class_recall_regression",
-         f"drop <= {criteria.max_class_recall_drop:.4f} vs {against}"),
+        ("no_accuracy_regression", f"{_accuracy_required(criteria)} vs {against}"),
+        ("no_class_recall_regression", f"{_class_recall_required(criteria)} vs {against}"),
         ("serving_parity", "0 mismatches"),
         ("serving_runtime", criteria.runtime_criteria().describe()),
     ]
@@ -314,57 +356,137 @@ def _min_class_recall(candidate: dict[str, Any], criteria: Criteria) -> Criterio
     )
 
 
-def _no_regression(
-    candidate: dict[str, Any],
-    champion: dict[str, Any] | None,
-    champion_version: str | None,
-    criteria: Criteria,
+def no_regression(
+    evaluation: dict[str, Any], champion_version: str | None, criteria: Criteria
 ) -> list[CriterionResult]:
-    overall_required = f"drop <= {criteria.max_accuracy_drop:.4f}"
-    class_required = f"drop <= {criteria.max_class_recall_drop:.4f}"
+    """The candidate against the champion on the same digits, overall and per class: refused
+    when significantly worse (McNemar's exact one-sided test at ``regression_alpha``, per class
+    after Holm's adjustment) or worse beyond the practical bound, significant or not."""
+    overall_required = _accuracy_required(criteria)
+    class_required = _class_recall_required(criteria)
+
+    def both(passed: bool, detail: str) -> list[CriterionResult]:
+        return [CriterionResult("no_accuracy_regression", passed, None, overall_required, detail),
+                CriterionResult("no_class_recall_regression", passed, None, class_required,
+                                detail)]
+
     if champion_version is None:
-        skipped = "skipped: no champion in production (first release), absolute criteria only"
-        return [
-            CriterionResult("no_accuracy_regression", True, None, overall_required, skipped),
-            CriterionResult("no_class_recall_regression", True, None, class_required, skipped),
-        ]
-    if not isinstance(champion, dict):
-        missing = (f"champion {champion_version} was passed to evaluate.ipynb but evaluation.json "
-                   "holds no champion metrics")
-        return [
-            CriterionResult("no_accuracy_regression", False, None, overall_required, missing),
-            CriterionResult("no_class_recall_regression", False, None, class_required, missing),
-        ]
-    drop = float(champion["accuracy"]) - float(candidate["accuracy"])
-    overall = CriterionResult(
+        return both(True, "skipped: no champion in production (first release), absolute "
+                          "criteria only")
+    try:
+        comparison = paired_comparison(evaluation)
+    except ValueError as exc:
+        return both(False, f"champion {champion_version} was passed to evaluate.ipynb but {exc}")
+    return [
+        _accuracy_regression(comparison, evaluation, champion_version, criteria,
+                             overall_required),
+        _class_recall_regression(comparison, champion_version, criteria, class_required),
+    ]
+
+
+def paired_comparison(evaluation: dict[str, Any]) -> Comparison:
+    """The paired test over the per-digit predictions that evaluation.json records."""
+    if not isinstance(evaluation.get("champion"), dict):
+        raise ValueError("evaluation.json holds no champion metrics")
+    recorded = evaluation.get("predictions") or {}
+    if not all(recorded.get(key) for key in ("labels", "candidate", "champion")):
+        raise ValueError(
+            "evaluation.json holds no per-digit predictions of both models (its predictions "
+            "section, written by service.ml.evaluate); re-run evaluate.ipynb with this version"
+        )
+    labels, candidate, champion = (
+        decode_classes(recorded[key]) for key in ("labels", "candidate", "champion")
+    )
+    if not len(labels) == len(candidate) == len(champion):
+        raise ValueError(
+            f"evaluation.json records {len(labels)} labels but {len(candidate)} candidate and "
+            f"{len(champion)} champion predictions"
+        )
+    class_names = (evaluation.get("dataset") or {}).get("class_names")
+    return compare(labels, candidate, champion, class_names)
+
+
+MAX_CLASSES_LISTED = 3  # a model that learnt nothing fails every class: one line, not ten
+
+
+def _accuracy_required(criteria: Criteria) -> str:
+    return (f"not significantly worse (one-sided p > {criteria.regression_alpha:g}) and drop "
+            f"<= {criteria.accuracy_drop_bound:.4f}")
+
+
+def _class_recall_required(criteria: Criteria) -> str:
+    return (f"per class: not significantly worse (Holm-adjusted one-sided p > "
+            f"{criteria.regression_alpha:g}) and recall drop "
+            f"<= {criteria.class_recall_drop_bound:.4f}")
+
+
+def _why_worse(
+    p_value: float, drop: float, alpha: float, bound: float, p_name: str = "p"
+) -> list[str]:
+    """Why a drop refuses the release: empty when it does not."""
+    reasons = []
+    if p_value <= alpha:
+        reasons.append(f"significantly worse ({p_name} <= {alpha:g})")
+    if drop > bound + 1e-12:
+        reasons.append(f"drop {drop:.4f} beyond the bound {bound:.4f}")
+    return reasons
+
+
+def _accuracy_regression(
+    comparison: Comparison, evaluation: dict[str, Any], champion_version: str,
+    criteria: Criteria, required: str,
+) -> CriterionResult:
+    counts = comparison.overall
+    reasons = _why_worse(counts.p_value, counts.drop, criteria.regression_alpha,
+                         criteria.accuracy_drop_bound)
+    accuracies = (float(evaluation["candidate"]["accuracy"]),
+                  float(evaluation["champion"]["accuracy"]))
+    return CriterionResult(
         name="no_accuracy_regression",
-        passed=drop <= criteria.max_accuracy_drop + 1e-12,
-        measured=round(drop, 6),
-        required=overall_required,
-        detail=(f"candidate {float(candidate['accuracy']):.4f} vs champion {champion_version} "
-                f"{float(champion['accuracy']):.4f} on the same data"),
+        passed=not reasons,
+        measured=f"drop {counts.drop:.4f}, p {counts.p_value:.3g}",
+        required=required,
+        detail=(f"McNemar exact on {counts.n} digits: b {counts.b} champion right & candidate "
+                f"wrong, c {counts.c} candidate right & champion wrong; candidate "
+                f"{accuracies[0]:.4f} vs champion {champion_version} {accuracies[1]:.4f}"
+                + (f"; refused: {' and '.join(reasons)}" if reasons else "")),
     )
-    candidate_recalls, champion_recalls = _recalls(candidate), _recalls(champion)
-    drops = {
-        name: champion_recalls[name] - candidate_recalls.get(name, 0.0) for name in champion_recalls
-    }
-    worst = max(drops, key=drops.__getitem__) if drops else None
-    over = {name: value for name, value in drops.items()
-            if value > criteria.max_class_recall_drop + 1e-12}
-    per_class = CriterionResult(
+
+
+def _class_recall_regression(
+    comparison: Comparison, champion_version: str, criteria: Criteria, required: str
+) -> CriterionResult:
+    alpha, bound = criteria.regression_alpha, criteria.class_recall_drop_bound
+
+    def reasons(item: ClassComparison) -> list[str]:
+        return _why_worse(item.adjusted_p, item.counts.drop, alpha, bound, "Holm p")
+
+    classes = comparison.classes
+    worse = sorted((item for item in classes if reasons(item)),
+                   key=lambda item: (item.adjusted_p, -item.counts.drop))
+    shown = worse[0] if worse else max(classes, key=lambda item: item.counts.drop)
+    if worse:
+        detail = "worse: " + "; ".join(
+            f"class {item.label} (b {item.counts.b}, c {item.counts.c} of {item.counts.n} "
+            f"digits, p {item.p_value:.3g}, Holm p {item.adjusted_p:.3g}): "
+            + " and ".join(reasons(item))
+            for item in worse[:MAX_CLASSES_LISTED]
+        )
+        if len(worse) > MAX_CLASSES_LISTED:
+            detail += f"; and {len(worse) - MAX_CLASSES_LISTED} more classes"
+    else:
+        closest = min(classes, key=lambda item: item.adjusted_p)
+        detail = (f"no class significantly worse (smallest Holm p {closest.adjusted_p:.3g}, "
+                  f"class {closest.label}) or beyond the bound (largest drop "
+                  f"{shown.counts.drop:.4f}, class {shown.label})")
+    return CriterionResult(
         name="no_class_recall_regression",
-        passed=not over and worst is not None,
-        measured=round(drops[worst], 6) if worst is not None else None,
-        required=class_required,
-        detail=(
-            "worse: " + ", ".join(
-                f"class {name} {candidate_recalls.get(name, 0.0):.4f} vs "
-                f"{champion_recalls[name]:.4f}" for name in over)
-            if over else (f"largest drop: class {worst}" if worst is not None
-                          else "no per-class metrics for the champion")
-        ) + f" (champion {champion_version})",
+        passed=not worse,
+        measured=f"class {shown.label}: drop {shown.counts.drop:.4f}, Holm p "
+                 f"{shown.adjusted_p:.3g}",
+        required=required,
+        detail=f"{detail}; Holm over {len(classes)} classes, champion {champion_version}",
     )
-    return [overall, per_class]
 
 
 def _serving_checks(serving: dict[str, Any] | None, criteria: Criteria) -> list[CriterionResult]:
