@@ -55,7 +55,8 @@ def test_every_setting_readme_names_is_a_settings_field():
 
 
 def test_every_endpoint_readme_names_is_served():
-    app = create_app(Settings(_env_file=None))  # type: ignore[call-arg]
+    # with an admin token, so that the admin API exists too
+    app = create_app(Settings(_env_file=None, admin_token="t" * 16))  # type: ignore[call-arg]
     # WebSockets are served but, having no HTTP operation, are not in the OpenAPI paths.
     paths = set(app.openapi()["paths"]) | set(websocket_routes(app)) | {app.docs_url}
     named = {
