@@ -19,7 +19,7 @@ from service.bench.harness import (
     Run,
     assemble,
     check_targets,
-    parse_cache_counters,
+    parse_counters,
     png_ceiling,
     ratios,
     summarise,
@@ -157,14 +157,18 @@ def test_a_server_that_dies_at_start_fails_with_its_log(tmp_path):
         server.wait_ready(30)
 
 
-def test_cache_counters_are_read_from_prometheus_text():
+def test_cache_and_shadow_counters_are_read_from_prometheus_text():
     text = ('# HELP lab2prod_cache_requests_total x\n'
             'lab2prod_cache_requests_total{result="hit",tier="memory"} 12.0\n'
             'lab2prod_cache_requests_total{result="miss",tier="memory"} 3.0\n'
             'lab2prod_cache_requests_total{result="hit",tier="redis"} 2.0\n'
-            'lab2prod_cache_requests_created{result="hit",tier="redis"} 1.7e9\n')
-    assert parse_cache_counters(text) == {"memory:hit": 12.0, "memory:miss": 3.0,
-                                          "redis:hit": 2.0}
+            'lab2prod_cache_requests_created{result="hit",tier="redis"} 1.7e9\n'
+            'lab2prod_shadow_predictions_total{model_version="v1",outcome="agree",'
+            'shadow_version="v2"} 40.0\n'
+            'lab2prod_shadow_predictions_total{model_version="v1",outcome="dropped",'
+            'shadow_version="v2"} 7.0\n')
+    assert parse_counters(text) == {"memory:hit": 12.0, "memory:miss": 3.0, "redis:hit": 2.0,
+                                    "shadow:agree": 40.0, "shadow:dropped": 7.0}
 
 
 def run(target: str, concurrency: int, round_: int, rps: float, p50: float = 1.0,

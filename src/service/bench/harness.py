@@ -49,7 +49,11 @@ TARGETS: dict[str, tuple[str, str]] = {
     "ours-batch": ("ours", "batch"),
     "ours-hit-memory": ("ours", "json-same"),
     "ours-hit-redis": ("ours-redis", "json-same"),
+    "ours-shadow": ("ours-shadow", "json"),  # every request also answered by a shadow version
 }
+# The bench registry holds the checkpoint three times, so that one server can load three versions
+# (memory of 1 vs 3) and another can shadow production with a second version.
+BENCH_VERSIONS = {"production": "v1", "shadow": "v2", "spare": "v3"}
 MISS_CACHE_SIZE = 256  # < the number of distinct bodies: a cycling LRU never hits
 
 
@@ -122,16 +126,26 @@ class Run:
 
 
 def publish_registry(checkpoint: Path, work_dir: Path, model_name: str) -> Path:
-    """A fresh registry holding only ``checkpoint`` as production (never the user's)."""
-    from service.inference.loader import load_runtime
+    """A fresh registry (never the user's) holding ``checkpoint`` as a release publishes it:
+    its runtime measured and chosen on this machine, the exported files and the verification
+    set beside it; three times over (BENCH_VERSIONS)."""
+    from service.inference.verification import RuntimeCriteria
+    from service.ml.data import load_dataset
     from service.registry import open_registry
+    from service.release.checks import prepare_runtimes
 
+    staging = work_dir / "release"
+    staging.mkdir(parents=True, exist_ok=True)
+    staged = Path(shutil.copy(checkpoint, staging / "model.safetensors"))
+    dataset = load_dataset("mnist-5k")
+    prepared = prepare_runtimes(staging, staged, dataset.test_images, dataset.test_labels,
+                                criteria=RuntimeCriteria(), device="cpu")
     root = work_dir / f"registry-{uuid.uuid4().hex[:8]}"
     registry = open_registry(root, model_name)
-    version = registry.publish(checkpoint, {"source": "lab2prod bench"})
-    # Export the serving runtime's artefact now, as a release does, so that servers and workers
-    # start from it: their memory is then what a deployed process holds, not the exporter's.
-    load_runtime(registry.checkpoint_path(version), runtime="auto", device="cpu")
+    card = {"source": "lab2prod bench", "runtimes": prepared["runtimes"]}
+    for alias in BENCH_VERSIONS:
+        registry.publish(staged, card, aliases=(alias,),
+                         artefacts=[staging / name for name in prepared["artefacts"]])
     return root
 
 
@@ -149,6 +163,11 @@ def server_specs(
     port = free_port()
     specs["ours"] = ServerSpec("ours", python_command("-m", "service.cli", "serve", "--port",
                                                       str(port)), port, "/ready", ours_env)
+    port = free_port()
+    specs["ours-shadow"] = ServerSpec(
+        "ours-shadow", python_command("-m", "service.cli", "serve", "--port", str(port)), port,
+        "/ready", {**ours_env, "SHADOW_ALIAS": "shadow", "SHADOW_PERCENT": "100"},
+    )
     if redis_port is not None:
         port = free_port()
         specs["ours-redis"] = ServerSpec(
@@ -188,21 +207,31 @@ def worker_spec(config: BenchConfig, registry: Path, redis_port: int) -> ServerS
     )
 
 
-def scrape_cache_counters(url: str) -> dict[str, float]:
-    """``lab2prod_cache_requests_total`` by ``tier:result`` from /metrics."""
+# metric -> the labels that name a counter: lab2prod_cache_requests_total{tier="memory",
+# result="hit"} is "memory:hit", lab2prod_shadow_predictions_total{outcome="agree"} "shadow:agree"
+SCRAPED_COUNTERS = {
+    "lab2prod_cache_requests_total": lambda labels: f"{labels['tier']}:{labels['result']}",
+    "lab2prod_shadow_predictions_total": lambda labels: f"shadow:{labels['outcome']}",
+}
+
+
+def scrape_counters(url: str) -> dict[str, float]:
+    """Our servers' cache and shadow counters from /metrics (see SCRAPED_COUNTERS)."""
     with urllib.request.urlopen(url + "/metrics", timeout=5) as reply:
         text = reply.read().decode()
-    return parse_cache_counters(text)
+    return parse_counters(text)
 
 
-def parse_cache_counters(text: str) -> dict[str, float]:
+def parse_counters(text: str) -> dict[str, float]:
     counters: dict[str, float] = {}
     for line in text.splitlines():
-        if not line.startswith("lab2prod_cache_requests_total{"):
+        name, brace, rest = line.partition("{")
+        if not brace or name not in SCRAPED_COUNTERS:
             continue
-        labels_text, value = line[line.index("{") + 1:].rsplit("} ", 1)
-        labels = dict(part.split("=", 1) for part in labels_text.split(","))
-        key = f"{labels['tier'].strip(chr(34))}:{labels['result'].strip(chr(34))}"
+        labels_text, value = rest.rsplit("} ", 1)
+        labels = {key: raw.strip('"') for key, _, raw in
+                  (part.partition("=") for part in labels_text.split(","))}
+        key = SCRAPED_COUNTERS[name](labels)
         counters[key] = counters.get(key, 0.0) + float(value)
     return counters
 
@@ -284,6 +313,8 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
                              last.server_cpu_cores)
         for name in sorted(wanted_servers):
             memory[name]["after_load"] = servers[name].memory()
+        if "ours" in servers:
+            memory["ours"]["three_versions"] = _memory_with_every_version(servers["ours"])
         if config.workers > 0 and redis_port is not None:
             memory["workers"] = _worker_memory(config, registry, redis_port, log_dir)
         if "ours-png" in config.targets:
@@ -360,7 +391,7 @@ def _measure(target: str, concurrency: int, round_index: int, servers: dict[str,
     server_name, body_name = TARGETS[target]
     server, body_set = servers[server_name], body_sets[body_name]
     ours = server_name.startswith("ours")
-    before_cache = scrape_cache_counters(server.spec.url) if ours else {}
+    before_cache = scrape_counters(server.spec.url) if ours else {}
     cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
     result = wrk.run(server.spec.url, body_set, connections=concurrency, seconds=config.seconds,
                      cpu=config.client_cpu, start=cursor.at(server_name, body_name),
@@ -369,7 +400,7 @@ def _measure(target: str, concurrency: int, round_index: int, servers: dict[str,
     cpu_used, wall = server.cpu_seconds() - cpu_before, time.monotonic() - wall_before
     cache: dict[str, float] = {}
     if ours:
-        after = scrape_cache_counters(server.spec.url)
+        after = scrape_counters(server.spec.url)
         cache = {key: after.get(key, 0.0) - before_cache.get(key, 0.0) for key in after}
     time.sleep(0.3)  # let the server drain before the next target starts
     return Run(
@@ -382,6 +413,20 @@ def _measure(target: str, concurrency: int, round_index: int, servers: dict[str,
         cpu_ms_per_request=round(1000 * cpu_used / max(result.requests, 1), 4),
         items_per_request=body_set.items_per_body, cache=cache,
     )
+
+
+def _memory_with_every_version(server: Server) -> dict[str, Any]:
+    """The server's memory once a pinned request has loaded each bench version besides its own
+    (MAX_LOADED_VERSIONS is 3 by default, so all stay loaded)."""
+    body = json.dumps({"pixels": [0] * 784}).encode()
+    for version in sorted(set(BENCH_VERSIONS.values()) - {BENCH_VERSIONS["production"]}):
+        request = urllib.request.Request(
+            server.spec.url + "/predict", data=body, method="POST",
+            headers={"Content-Type": "application/json", "X-Model-Version": version})
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            reply.read()
+    time.sleep(0.5)
+    return server.memory()
 
 
 def _worker_memory(config: BenchConfig, registry: Path, redis_port: int,
@@ -514,6 +559,11 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         add(f"c=64 {hit} vs misses", value, ">= 2.0x", None if value is None else value >= 2.0)
     value = ratio("ours-png", "ours", 64)
     add("c=64 PNG vs our JSON", value, ">= 0.6x", None if value is None else value >= 0.6)
+    # A shadow copy runs on the same core, so it costs throughput; the client's answer must not
+    # wait for it: the tail with every request shadowed stays within a fifth of the plain one.
+    value = ratio("ours-shadow", "ours", 64, "p99_ms")
+    add("c=64 p99 with 100% shadow vs without", value, "<= 1.2x",
+        None if value is None else value <= 1.2)
     return checks
 
 

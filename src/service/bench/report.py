@@ -38,7 +38,7 @@ def summary_table(data: dict[str, Any]) -> str:
 
 def _order(target: str) -> int:
     order = ["ours", "tutorial", "threadpool", "litserve", "ours-png", "ours-batch",
-             "ours-hit-memory", "ours-hit-redis"]
+             "ours-hit-memory", "ours-hit-redis", "ours-shadow"]
     return order.index(target) if target in order else len(order)
 
 
@@ -81,6 +81,22 @@ def png_ceiling_line(data: dict[str, Any]) -> str:
             f"**{bound['ceiling']:.2f}x** our JSON throughput.")
 
 
+def shadow_line(data: dict[str, Any]) -> str:
+    """What the shadowed server did with its copies at the highest concurrency."""
+    runs = [r for r in data["runs"] if r["target"] == "ours-shadow"]
+    if not runs:
+        return ""
+    top = max(r["concurrency"] for r in runs)
+    counts = {outcome: sum(r["cache"].get(f"shadow:{outcome}", 0.0) for r in runs
+                           if r["concurrency"] == top)
+              for outcome in ("agree", "disagree", "dropped", "failed")}
+    answered = sum(r["requests"] for r in runs if r["concurrency"] == top)
+    compared = counts["agree"] + counts["disagree"]
+    return (f"- Shadow at c={top} (every request copied to a second version): {compared:,.0f} "
+            f"copies answered ({counts['disagree']:,.0f} disagreed), {counts['dropped']:,.0f} "
+            f"dropped under load, {counts['failed']:,.0f} failed, for {answered:,} client answers.")
+
+
 def memory_table(data: dict[str, Any]) -> str:
     lines = ["| process(es) | RSS MiB | PSS MiB | processes |", "|---|---:|---:|---:|"]
     for name, entry in data["memory"].items():
@@ -98,6 +114,10 @@ def memory_table(data: dict[str, Any]) -> str:
         m = entry.get("after_load") or entry["after_warmup"]
         lines.append(f"| {name} (after the load) | {m['rss_bytes'] / 2**20:,.0f} | "
                      f"{m['pss_bytes'] / 2**20:,.0f} | {m['processes']} |")
+        if "three_versions" in entry:
+            m = entry["three_versions"]
+            lines.append(f"| {name} with 3 versions loaded | {m['rss_bytes'] / 2**20:,.0f} | "
+                         f"{m['pss_bytes'] / 2**20:,.0f} | {m['processes']} |")
     return "\n".join(lines)
 
 
@@ -122,6 +142,7 @@ def markdown(data: dict[str, Any]) -> str:
         targets_table(data),
         "",
         png_ceiling_line(data),
+        shadow_line(data),
         "",
         "## Our throughput over each baseline (median req/s)",
         "",

@@ -64,9 +64,9 @@ def run_serving_checks(
     except Exception as exc:  # any failure to load or replay refuses the release
         record["parity"] = {"error": f"{type(exc).__name__}: {exc}"}
     try:
-        record.update(_select_runtime(
-            run_dir, checkpoint, dataset, criteria=criteria, requested=serving_runtime,
-            device=serving_device, threads=threads, variants=variants,
+        record.update(prepare_runtimes(
+            run_dir, checkpoint, dataset.test_images, dataset.test_labels, criteria=criteria,
+            requested=serving_runtime, device=serving_device, threads=threads, variants=variants,
         ))
     except Exception as exc:  # not even eager could be measured
         record["runtimes"] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -130,25 +130,27 @@ def replay_sample(
     }
 
 
-def _select_runtime(
-    run_dir: str | Path, checkpoint: Path, dataset: Any, *, criteria: RuntimeCriteria,
-    requested: str, device: str, threads: int, variants: list[str] | None,
+def prepare_runtimes(
+    folder: str | Path, checkpoint: Path, images: np.ndarray, labels: np.ndarray, *,
+    criteria: RuntimeCriteria, requested: str = "auto", device: str = "auto", threads: int = 1,
+    variants: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The runtime table and the verification set, both for this checkpoint."""
+    """The runtime table and the verification set for this checkpoint, measured on these
+    evaluation digits; the files to publish with it are written to ``folder`` (next to the
+    checkpoint): {"runtimes": the card's section, "verification_set", "artefacts": names}."""
     from service.inference.runtime import resolve_device
     from service.inference.selection import select_runtime
     from service.ml.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(checkpoint, device=resolve_device(device))
     selection, eager = select_runtime(
-        loaded, dataset.test_images, dataset.test_labels, requested=requested,
-        criteria=criteria, threads=threads, names=variants,
+        loaded, images, labels, requested=requested, criteria=criteria, threads=threads,
+        names=variants,
     )
     keep = slice(0, MAX_VERIFICATION_DIGITS)
     verification = VerificationSet(
-        dataset.test_images[keep], dataset.test_labels[keep], eager[keep],
-        str(loaded.metadata["weights_sha256"]), criteria,
-    ).save(Path(run_dir) / VERIFICATION_FILE)
+        images[keep], labels[keep], eager[keep], str(loaded.metadata["weights_sha256"]), criteria,
+    ).save(Path(folder) / VERIFICATION_FILE)
     artefacts = [Path(variant.artifact).name for name in selection.chain
                  if (variant := selection.measured(name)) and variant.artifact]
     return {
