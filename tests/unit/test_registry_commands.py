@@ -22,20 +22,23 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelRegistry:
     checkpoint = tmp_path / "candidate.safetensors"
     checkpoint.write_bytes(b"weights")
     registry = open_registry("models", "mnist-cnn")
-    for run_id, accuracy in (("run-a", 0.9712), ("run-b", 0.9801)):
+    for run_id, accuracy, runtime in (("run-a", 0.9712, "onnx"), ("run-b", 0.9801, "onnx-int8")):
         card = {"run_id": run_id, "metrics": {"candidate": {"accuracy": accuracy}},
-                "data": {"evaluation": {"name": "mnist-5k"}}}
+                "data": {"evaluation": {"name": "mnist-5k"}}, "runtimes": {"chosen": runtime}}
         registry.publish(checkpoint, card)
     yield registry
     get_settings.cache_clear()
 
 
-def test_list_shows_versions_with_aliases_and_accuracy(project, capsys):
+def test_list_shows_versions_with_aliases_accuracy_and_the_runtime_the_release_chose(
+    project, capsys
+):
     assert main(["models", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:3] == ["VERSION", "ALIASES", "ACCURACY"]
-    assert lines[1].split()[:5] == ["v1", "previous", "0.9712", "mnist-5k", "run-a"]
-    assert lines[2].split()[:5] == ["v2", "production", "0.9801", "mnist-5k", "run-b"]
+    assert lines[0].split()[:5] == ["VERSION", "ALIASES", "ACCURACY", "DATASET", "RUNTIME"]
+    assert lines[1].split()[:6] == ["v1", "previous", "0.9712", "mnist-5k", "onnx", "run-a"]
+    assert lines[2].split()[:6] == ["v2", "production", "0.9801", "mnist-5k", "onnx-int8",
+                                    "run-b"]
 
 
 def test_show_prints_the_model_card_of_a_version_or_alias(project, capsys):

@@ -44,7 +44,7 @@ def _fail(exc: Exception) -> int:
 
 
 def list_versions(args: argparse.Namespace) -> int:
-    """One line per version: aliases, accuracy, run and publish time."""
+    """One line per version: aliases, accuracy, the runtime the release chose, run, publish time."""
     from service.registry import RegistryError
 
     registry = _registry()
@@ -59,15 +59,17 @@ def list_versions(args: argparse.Namespace) -> int:
     named: dict[str, list[str]] = {}
     for alias, version in sorted(aliases.items()):
         named.setdefault(version, []).append(alias)
-    print(f"{'VERSION':<8} {'ALIASES':<24} {'ACCURACY':>8}  {'DATASET':<14} {'RUN':<24} PUBLISHED")
+    print(f"{'VERSION':<8} {'ALIASES':<24} {'ACCURACY':>8}  {'DATASET':<14} {'RUNTIME':<12} "
+          f"{'RUN':<24} PUBLISHED")
     for version in versions:
         card = _card_or_empty(registry, version)
         accuracy = ((card.get("metrics") or {}).get("candidate") or {}).get("accuracy")
         dataset = ((card.get("data") or {}).get("evaluation") or {}).get("name", "")
+        runtime = (card.get("runtimes") or {}).get("chosen") or "-"
         print(
             f"{version:<8} {','.join(named.get(version, [])) or '-':<24} "
             f"{f'{accuracy:.4f}' if accuracy is not None else '-':>8}  {dataset or '-':<14} "
-            f"{card.get('run_id', '-'):<24} {card.get('published_at', '-')}"
+            f"{runtime:<12} {card.get('run_id', '-'):<24} {card.get('published_at', '-')}"
         )
     return 0
 
