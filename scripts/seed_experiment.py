@@ -47,6 +47,7 @@ from typing import Any
 
 # service.ml first: it sets torch's OpenMP wait policy, which must happen before torch loads.
 from service.ml.evaluate import EvaluateConfig, evaluate  # isort: skip
+from service.ml.records import EvaluationRecord
 from service.ml.train import TrainConfig, load_training_data, train, write_run
 from service.provenance import library_versions
 from service.release.gate import (
@@ -122,8 +123,9 @@ def judge(
     name: str, kind: str, record: dict[str, Any], criteria: Criteria, champion: str
 ) -> dict[str, Any]:
     """One candidate's row: the paired figures, the old rule's and the gate's verdicts."""
-    comparison = paired_comparison(record)
-    results: list[CriterionResult] = no_regression(record, champion, criteria)
+    typed = EvaluationRecord.model_validate(record)
+    comparison = paired_comparison(typed)
+    results: list[CriterionResult] = no_regression(typed, champion, criteria)
     overall = comparison.overall
     worst = max(comparison.classes, key=lambda item: item.counts.drop)
     old = old_rule(record)

@@ -2,24 +2,20 @@
 the two pipeline notebooks keep the parameter names and defaults of the notebook contract."""
 
 import ast
+from dataclasses import asdict
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from service.ml.evaluate import EvaluateConfig
+from service.ml.train import TrainConfig
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
 
-CONTRACT = {
-    "train.ipynb": {
-        "dataset": "mnist-5k", "data_dir": "", "download": False, "epochs": 10,
-        "batch_size": 64, "lr": 1.0, "gamma": 0.7, "seed": 1, "device": "auto", "limit": 0,
-        "augment": False, "run_dir": "runs/notebook",
-    },
-    "evaluate.ipynb": {
-        "run_dir": "runs/notebook", "checkpoint": "", "champion_checkpoint": "", "dataset": "",
-        "data_dir": "", "test_limit": 0, "device": "auto", "batch_size": 256, "sample_size": 32,
-    },
-}  # fmt: skip
+# The notebooks' parameters are the package's configs, same names and defaults (defined once
+# there; lab2prod train and the release parameters read them too).
+CONTRACT = {"train.ipynb": asdict(TrainConfig()), "evaluate.ipynb": asdict(EvaluateConfig())}
 
 
 def _parameters_cell(notebook):

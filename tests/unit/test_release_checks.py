@@ -11,6 +11,7 @@ import pytest
 from service.inference.verification import VERIFICATION_FILE, RuntimeCriteria, VerificationSet
 from service.ml.checkpoint import load_checkpoint
 from service.ml.evaluate import EvaluateConfig, evaluate
+from service.ml.records import EvaluationRecord
 from service.release.checks import SERVING_RECORD, run_serving_checks
 
 CRITERIA = RuntimeCriteria(min_agreement=0.9, max_accuracy_drop=0.05)
@@ -22,7 +23,7 @@ def run(tmp_path_factory, tiny_checkpoint):
     run_dir = tmp_path_factory.mktemp("run")
     checkpoint = shutil.copy(tiny_checkpoint, run_dir / "model.safetensors")
     record = evaluate(EvaluateConfig(run_dir=str(run_dir)), latency_repeats=1).record
-    serving = run_serving_checks(run_dir, checkpoint, json.loads(json.dumps(record)),
+    serving = run_serving_checks(run_dir, checkpoint, EvaluationRecord.model_validate(record),
                                  criteria=CRITERIA, parity_device="cpu", serving_device="cpu",
                                  variants=["eager", "onnx"])
     return run_dir, record, serving
@@ -58,8 +59,8 @@ def test_the_artefacts_to_publish_are_the_chains_exported_files_and_the_verifica
 
 def test_data_that_cannot_be_reproduced_is_recorded_as_the_reason_not_raised(tmp_path, run):
     run_dir, record, _ = run
-    changed = json.loads(json.dumps(record))
-    changed["dataset"]["fingerprint"] = "sha256:" + "0" * 64
+    changed = EvaluationRecord.model_validate(json.loads(json.dumps(record)))
+    changed.dataset.fingerprint = "sha256:" + "0" * 64
     serving = run_serving_checks(tmp_path, run_dir / "model.safetensors", changed,
                                  criteria=CRITERIA, variants=["eager"])
     assert "different mnist data than evaluate.ipynb" in serving["parity"]["error"]

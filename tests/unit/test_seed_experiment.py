@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.ml.records import encode_classes
+from service.ml.records import EvaluationRecord, encode_classes
 from service.release.gate import Criteria, no_regression
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "seed_experiment.py"
@@ -40,11 +40,13 @@ def gate_refuses(champion_wins: tuple[bool, ...]) -> bool:
         for offset in range(disagreements):
             loser = candidate if next(wins) else champion
             loser[label * SUPPORT + offset] = (label + 1) % 10
-    evaluation = {
-        "candidate": {"accuracy": 0.0}, "champion": {"accuracy": 0.0},
+    metrics = {"checkpoint": "model.safetensors", "accuracy": 0.0, "per_class": []}
+    evaluation = EvaluationRecord.model_validate({
+        "dataset": {"name": "digits"}, "candidate": metrics, "champion": metrics,
+        "sample": {"size": 0, "labels": [], "predictions": []},
         "predictions": {key: encode_classes(array) for key, array in
                         (("labels", labels), ("candidate", candidate), ("champion", champion))},
-    }
+    })
     return not all(result.passed for result in no_regression(evaluation, "v1", CRITERIA))
 
 

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 
 from service.ml.checkpoint import CheckpointError
 from service.ml.data import DataError, dataset_names
+from service.ml.train import TrainConfig
 
-DEFAULTS = {
-    "dataset": "mnist-5k",
-    "data_dir": "",
-    "epochs": 10,
-    "batch_size": 64,
-    "lr": 1.0,
-    "gamma": 0.7,
-    "seed": 1,
-    "device": "auto",
-    "limit": 0,
-    "run_dir": "runs/notebook",
-}
+DEFAULTS = asdict(TrainConfig())  # the recipe's defaults, defined once (train.ipynb matches them)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.ml.train import TrainConfig, train, write_run
+    from service.ml.train import train, write_run
 
     try:
         config = TrainConfig(

@@ -19,10 +19,16 @@ import torch
 from service.ml.checkpoint import LoadedCheckpoint, load_checkpoint
 from service.ml.data import DigitDataset, load_dataset
 from service.ml.preprocess import Normalization, normalize
-from service.ml.records import CLASS_ENCODING, encode_classes, write_json
+from service.ml.records import (
+    CHECKPOINT_FILE,
+    CLASS_ENCODING,
+    EVALUATION_RECORD,
+    EvaluationRecord,
+    encode_classes,
+    write_json,
+)
 from service.provenance import git_state
 
-EVALUATION_RECORD = "evaluation.json"
 ECE_BINS = 15
 LATENCY_BATCHES = (1, 32)
 LATENCY_REPEATS = 30
@@ -292,7 +298,7 @@ class EvaluateConfig:
     @property
     def checkpoint_path(self) -> Path:
         return (
-            Path(self.checkpoint) if self.checkpoint else Path(self.run_dir) / "model.safetensors"
+            Path(self.checkpoint) if self.checkpoint else Path(self.run_dir) / CHECKPOINT_FILE
         )
 
 
@@ -363,5 +369,6 @@ def evaluate(config: EvaluateConfig, *, latency_repeats: int = LATENCY_REPEATS) 
 
 
 def write_evaluation(result: EvaluationResult, run_dir: str | Path | None = None) -> Path:
-    """Write ``<run_dir>/evaluation.json`` and return its path."""
+    """Write ``<run_dir>/evaluation.json`` (checked against the record the gate reads first)."""
+    EvaluationRecord.model_validate(result.record)
     return write_json(Path(run_dir or result.config.run_dir) / EVALUATION_RECORD, result.record)

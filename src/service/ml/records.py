@@ -1,4 +1,11 @@
-"""Run records: one JSON file per run, written atomically, readable by the release gate."""
+"""Run records: the files a run folder holds, their typed shape, written atomically.
+
+One module names every file of a run (``runs/<id>/``) and says what the records in them hold,
+for those who write them (the notebooks through ``service.ml``, the serving checks, the
+pipeline) and those who read them (the gate, the pipeline's lineage, the model card). The
+typed models list the fields readers rely on; a record may carry more (``extra="allow"``),
+and a record that lacks one of them is refused with the field's path (``read_record``).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,105 @@ import json
 import os
 import string
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+CHECKPOINT_FILE = "model.safetensors"  # weights + metadata (service.ml.checkpoint)
+TRAIN_RECORD = "train.json"  # train.ipynb: parameters, seed, data, metrics per epoch
+EVALUATION_RECORD = "evaluation.json"  # evaluate.ipynb: candidate (and champion) metrics
+SERVING_RECORD = "serving.json"  # the release's serving checks (service.release.checks)
+RUN_RECORD = "run.json"  # the whole release run: lineage, timings and the gate's verdict
+
+
+class RecordError(ValueError):
+    """A record file is missing, not JSON, or lacks a field its readers need."""
+
+
+class Record(BaseModel):
+    """A JSON record: the fields its readers rely on; any others are kept as they are."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class ClassMetrics(Record):
+    name: str = Field(alias="class")
+    precision: float
+    recall: float
+    support: int
+
+
+class ModelMetrics(Record):
+    """One checkpoint's metrics on the evaluation split (service.ml.evaluate)."""
+
+    checkpoint: str
+    accuracy: float
+    per_class: list[ClassMetrics]
+
+    def recalls(self) -> dict[str, float]:
+        """Class -> recall, for classes that have test examples (recall is undefined without)."""
+        return {row.name: row.recall for row in self.per_class if row.support > 0}
+
+
+class DatasetDescription(Record):
+    name: str
+    fingerprint: str | None = None
+    test_size: int | None = None
+    class_names: list[str] | None = None
+    split: dict[str, Any] = Field(default_factory=dict)
+
+
+class RecordedSample(Record):
+    """The first test digits' predictions, replayed by the serving checks."""
+
+    size: int
+    labels: list[int]
+    predictions: list[int]
+    probabilities: list[list[float]] | None = None
+
+
+class RecordedPredictions(Record):
+    """Every digit's label and predicted class, ``encode_classes``-encoded, for the paired test."""
+
+    labels: str
+    candidate: str
+    champion: str | None = None
+
+
+class EvaluationRecord(Record):
+    dataset: DatasetDescription
+    candidate: ModelMetrics
+    champion: ModelMetrics | None = None
+    sample: RecordedSample
+    predictions: RecordedPredictions | None = None
+
+
+class TrainRecord(Record):
+    checkpoint: str = CHECKPOINT_FILE
+    seed: int | None = None
+    dataset: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+
+
+R = TypeVar("R", bound=Record)
+
+
+def read_record(path: str | Path, model: type[R]) -> R:
+    """The record at ``path`` as ``model``; RecordError says which file and field is wrong."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RecordError(f"{path.name} missing") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RecordError(f"{path.name} unreadable ({exc})") from exc
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+                             for error in exc.errors()[:3])
+        raise RecordError(f"{path.name} lacks what the gate reads ({problems})") from None
 
 
 def _to_json(value: Any) -> Any:

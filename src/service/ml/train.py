@@ -31,12 +31,10 @@ from service.ml.evaluate import log_probabilities, resolve_device
 from service.ml.model import build_model
 from service.ml.preprocess import Normalization, normalize
 from service.ml.progress import progress_bar
-from service.ml.records import write_json
+from service.ml.records import CHECKPOINT_FILE, TRAIN_RECORD, write_json
 from service.provenance import git_state, library_versions
 
 ARCHITECTURE = "mnist-cnn"
-CHECKPOINT_NAME = "model.safetensors"
-RUN_RECORD = "train.json"
 EVAL_BATCH_SIZE = 1000
 
 
@@ -260,7 +258,7 @@ def train(
             "images_per_second": count * config.epochs / train_seconds,
             "wall_seconds": time.perf_counter() - started,
         },
-        "checkpoint": CHECKPOINT_NAME,
+        "checkpoint": CHECKPOINT_FILE,
         "library_versions": library_versions(),
         "runtime": {
             "threads": threads,
@@ -276,7 +274,7 @@ def write_run(result: TrainResult, run_dir: str | Path | None = None) -> Path:
     run_dir = Path(run_dir or result.config.run_dir)
     record = result.record
     save_checkpoint(
-        run_dir / CHECKPOINT_NAME,
+        run_dir / CHECKPOINT_FILE,
         result.model,
         architecture=ARCHITECTURE,
         normalization=Normalization(),
@@ -290,5 +288,5 @@ def write_run(result: TrainResult, run_dir: str | Path | None = None) -> Path:
             "device": record["device"],
         },
     )
-    write_json(run_dir / RUN_RECORD, record)
+    write_json(run_dir / TRAIN_RECORD, record)
     return run_dir

@@ -22,7 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-CHECKPOINT_FILE = "model.safetensors"
+from service.ml.records import CHECKPOINT_FILE
+
 CARD_FILE = "model-card.json"
 PRODUCTION, PREVIOUS, CANDIDATE = "production", "previous", "candidate"
 _VERSION = re.compile(r"^v(\d+)$")

@@ -29,15 +29,13 @@ from service.inference.verification import (
     RuntimeCriteria,
     VerificationSet,
 )
-from service.ml.records import write_json
-
-SERVING_RECORD = "serving.json"
+from service.ml.records import SERVING_RECORD, EvaluationRecord, write_json
 
 
 def run_serving_checks(
     run_dir: str | Path,
     checkpoint: Path,
-    evaluation: dict[str, Any],
+    evaluation: EvaluationRecord,
     *,
     criteria: RuntimeCriteria,
     data_dir: str | Path | None = None,
@@ -79,54 +77,53 @@ def _write(run_dir: str | Path, record: dict[str, Any], started: float) -> dict[
     return record
 
 
-def evaluation_dataset(evaluation: dict[str, Any], *, data_dir: str | Path | None = None) -> Any:
+def evaluation_dataset(
+    evaluation: EvaluationRecord, *, data_dir: str | Path | None = None
+) -> Any:
     """The evaluation data exactly as evaluate.ipynb loaded it (checked by fingerprint)."""
     from service.ml.data import load_dataset
 
-    described = evaluation.get("dataset") or {}
-    split = described.get("split") or {}
+    described, split = evaluation.dataset, evaluation.dataset.split
     dataset = load_dataset(
-        described["name"],
+        described.name,
         split.get("folder") or data_dir or None,
         limit=split.get("train_limit"),
         test_limit=split.get("test_limit"),
     )
-    if described.get("fingerprint") and dataset.fingerprint() != described["fingerprint"]:
+    if described.fingerprint and dataset.fingerprint() != described.fingerprint:
         raise ValueError(
-            f"the gate loaded different {described['name']} data than evaluate.ipynb "
-            f"(fingerprint {dataset.fingerprint()[:19]} vs {described['fingerprint'][:19]})"
+            f"the gate loaded different {described.name} data than evaluate.ipynb "
+            f"(fingerprint {dataset.fingerprint()[:19]} vs {described.fingerprint[:19]})"
         )
     return dataset
 
 
 def replay_sample(
-    checkpoint: Path, evaluation: dict[str, Any], dataset: Any, *, device: str = "auto"
+    checkpoint: Path, evaluation: EvaluationRecord, dataset: Any, *, device: str = "auto"
 ) -> dict[str, Any]:
     """Load the checkpoint as serving does (eager) and replay the notebook's recorded sample:
     {mismatches, size, max_probability_diff, probabilities_recorded}."""
     from service.inference.loader import load_runtime
     from service.ml.preprocess import normalize
 
-    sample = evaluation.get("sample") or {}
-    size = int(sample.get("size") or 0)
-    if size <= 0:
+    sample = evaluation.sample
+    if sample.size <= 0:
         raise ValueError("evaluation.json records no sample (sample.size is 0)")
-    labels = dataset.test_labels[:size]
-    if [int(label) for label in labels] != [int(label) for label in sample["labels"]]:
+    labels = dataset.test_labels[:sample.size]
+    if [int(label) for label in labels] != sample.labels:
         raise ValueError("the recorded sample labels are not the first test digits' labels")
     loaded = load_runtime(checkpoint, runtime="eager", device=device, version="candidate")
     probabilities = loaded.runtime.predict_proba(
-        normalize(dataset.test_images[:size], loaded.normalization)
+        normalize(dataset.test_images[:sample.size], loaded.normalization)
     )
-    recorded = np.asarray(sample["predictions"], dtype=np.int64)
-    has_probabilities = sample.get("probabilities") is not None
+    recorded = np.asarray(sample.predictions, dtype=np.int64)
     return {
         "mismatches": int((probabilities.argmax(axis=1) != recorded).sum()),
-        "size": size,
+        "size": sample.size,
         "max_probability_diff": float(
-            np.abs(probabilities - np.asarray(sample["probabilities"])).max()
-        ) if has_probabilities else 0.0,
-        "probabilities_recorded": has_probabilities,
+            np.abs(probabilities - np.asarray(sample.probabilities)).max()
+        ) if sample.probabilities is not None else 0.0,
+        "probabilities_recorded": sample.probabilities is not None,
     }
 
 

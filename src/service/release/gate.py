@@ -19,13 +19,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.inference.verification import RuntimeCriteria
-from service.ml.records import decode_classes
+from service.ml.records import (
+    EVALUATION_RECORD,
+    SERVING_RECORD,
+    TRAIN_RECORD,
+    EvaluationRecord,
+    ModelMetrics,
+    RecordError,
+    TrainRecord,
+    decode_classes,
+    read_record,
+)
 from service.release.regression import ClassComparison, Comparison, compare
-
-TRAIN_RECORD = "train.json"
-EVALUATION_RECORD = "evaluation.json"
-SERVING_RECORD = "serving.json"
-CHECKPOINT = "model.safetensors"
 
 
 class PolicyError(ValueError):
@@ -196,11 +201,12 @@ class NotebookOutcome:
 
 @dataclass
 class RunRecords:
-    """What the notebooks and the serving checks wrote into the run folder (None: missing)."""
+    """What the notebooks and the serving checks wrote into the run folder (None: missing or
+    unreadable, with the reason in ``problems``)."""
 
     run_dir: Path
-    train: dict[str, Any] | None
-    evaluation: dict[str, Any] | None
+    train: TrainRecord | None
+    evaluation: EvaluationRecord | None
     checkpoint: Path | None
     problems: list[str] = field(default_factory=list)
     serving: dict[str, Any] | None = None  # written after the notebooks, see release.checks
@@ -208,34 +214,29 @@ class RunRecords:
     @property
     def usable(self) -> bool:
         """The notebooks left a checkpoint and candidate metrics to measure further."""
-        return self.checkpoint is not None and _usable(self.evaluation)
+        return self.checkpoint is not None and self.evaluation is not None
 
 
 def read_records(run_dir: str | Path) -> RunRecords:
     run_dir = Path(run_dir)
     problems: list[str] = []
-    documents: dict[str, dict[str, Any] | None] = {}
-    for name in (TRAIN_RECORD, EVALUATION_RECORD):
-        path = run_dir / name
-        try:
-            documents[name] = json.loads(path.read_text())
-        except FileNotFoundError:
-            documents[name] = None
-            problems.append(f"{name} missing")
-        except (OSError, json.JSONDecodeError) as exc:
-            documents[name] = None
-            problems.append(f"{name} unreadable ({exc})")
-    checkpoint_name = (documents[TRAIN_RECORD] or {}).get("checkpoint") or CHECKPOINT
+    train = evaluation = None
+    try:
+        train = read_record(run_dir / TRAIN_RECORD, TrainRecord)
+    except RecordError as exc:
+        problems.append(str(exc))
+    try:
+        evaluation = read_record(run_dir / EVALUATION_RECORD, EvaluationRecord)
+    except RecordError as exc:
+        problems.append(str(exc))
+    checkpoint_name = (train or TrainRecord()).checkpoint
     checkpoint: Path | None = run_dir / checkpoint_name
     if not checkpoint.is_file():  # type: ignore[union-attr]
         problems.append(f"{checkpoint_name} missing")
         checkpoint = None
     serving_path = run_dir / SERVING_RECORD
     serving = json.loads(serving_path.read_text()) if serving_path.is_file() else None
-    return RunRecords(
-        run_dir, documents[TRAIN_RECORD], documents[EVALUATION_RECORD], checkpoint, problems,
-        serving,
-    )
+    return RunRecords(run_dir, train, evaluation, checkpoint, problems, serving)
 
 
 def decide(
@@ -248,11 +249,10 @@ def decide(
 ) -> Verdict:
     """Apply the policy to one run: one CriterionResult per criterion, in a fixed order."""
     evaluation = records.evaluation
-    dataset_name = ((evaluation or {}).get("dataset") or {}).get("name") or dataset_hint
+    dataset_name = evaluation.dataset.name if evaluation is not None else dataset_hint
     criteria = policy.for_dataset(dataset_name)
     results = [_notebooks_executed(notebooks), _records_complete(records)]
-    candidate = (evaluation or {}).get("candidate") if _usable(evaluation) else None
-    if candidate is None:
+    if evaluation is None:
         reason = "not measured: " + (
             "a notebook failed" if any(nb.error or not nb.ran for nb in notebooks)
             else "evaluation.json is missing or has no candidate metrics"
@@ -260,8 +260,8 @@ def decide(
         for name, required in _metric_requirements(criteria, champion_version):
             results.append(CriterionResult(name, False, None, required, reason))
     else:
-        results.append(_min_accuracy(candidate, criteria))
-        results.append(_min_class_recall(candidate, criteria))
+        results.append(_min_accuracy(evaluation.candidate, criteria))
+        results.append(_min_class_recall(evaluation.candidate, criteria))
         results.extend(no_regression(evaluation, champion_version, criteria))
         results.extend(_serving_checks(records.serving, criteria))
     return Verdict(
@@ -273,10 +273,6 @@ def decide(
 
 
 # --- criteria ---------------------------------------------------------------------------------
-
-
-def _usable(evaluation: dict[str, Any] | None) -> bool:
-    return bool(evaluation) and isinstance(evaluation.get("candidate"), dict)  # type: ignore[union-attr]
 
 
 def _metric_requirements(criteria: Criteria, champion_version: str | None) -> list[tuple[str, str]]:
@@ -316,17 +312,8 @@ def _records_complete(records: RunRecords) -> CriterionResult:
     )
 
 
-def _recalls(metrics: dict[str, Any]) -> dict[str, float]:
-    """Class -> recall, for classes that have test examples (recall is undefined without)."""
-    return {
-        str(row["class"]): float(row["recall"])
-        for row in metrics.get("per_class", [])
-        if int(row.get("support", 0)) > 0
-    }
-
-
-def _min_accuracy(candidate: dict[str, Any], criteria: Criteria) -> CriterionResult:
-    accuracy = float(candidate["accuracy"])
+def _min_accuracy(candidate: ModelMetrics, criteria: Criteria) -> CriterionResult:
+    accuracy = candidate.accuracy
     return CriterionResult(
         name="min_accuracy",
         passed=accuracy >= criteria.min_accuracy,
@@ -336,8 +323,8 @@ def _min_accuracy(candidate: dict[str, Any], criteria: Criteria) -> CriterionRes
     )
 
 
-def _min_class_recall(candidate: dict[str, Any], criteria: Criteria) -> CriterionResult:
-    recalls = _recalls(candidate)
+def _min_class_recall(candidate: ModelMetrics, criteria: Criteria) -> CriterionResult:
+    recalls = candidate.recalls()
     if not recalls:
         return CriterionResult("min_class_recall", False, None,
                                f">= {criteria.min_class_recall:.4f}",
@@ -357,7 +344,7 @@ def _min_class_recall(candidate: dict[str, Any], criteria: Criteria) -> Criterio
 
 
 def no_regression(
-    evaluation: dict[str, Any], champion_version: str | None, criteria: Criteria
+    evaluation: EvaluationRecord, champion_version: str | None, criteria: Criteria
 ) -> list[CriterionResult]:
     """The candidate against the champion on the same digits, overall and per class: refused
     when significantly worse (McNemar's exact one-sided test at ``regression_alpha``, per class
@@ -384,26 +371,25 @@ def no_regression(
     ]
 
 
-def paired_comparison(evaluation: dict[str, Any]) -> Comparison:
+def paired_comparison(evaluation: EvaluationRecord) -> Comparison:
     """The paired test over the per-digit predictions that evaluation.json records."""
-    if not isinstance(evaluation.get("champion"), dict):
+    if evaluation.champion is None:
         raise ValueError("evaluation.json holds no champion metrics")
-    recorded = evaluation.get("predictions") or {}
-    if not all(recorded.get(key) for key in ("labels", "candidate", "champion")):
+    recorded = evaluation.predictions
+    if recorded is None or not (recorded.labels and recorded.candidate and recorded.champion):
         raise ValueError(
             "evaluation.json holds no per-digit predictions of both models (its predictions "
             "section, written by service.ml.evaluate); re-run evaluate.ipynb with this version"
         )
     labels, candidate, champion = (
-        decode_classes(recorded[key]) for key in ("labels", "candidate", "champion")
+        decode_classes(text) for text in (recorded.labels, recorded.candidate, recorded.champion)
     )
     if not len(labels) == len(candidate) == len(champion):
         raise ValueError(
             f"evaluation.json records {len(labels)} labels but {len(candidate)} candidate and "
             f"{len(champion)} champion predictions"
         )
-    class_names = (evaluation.get("dataset") or {}).get("class_names")
-    return compare(labels, candidate, champion, class_names)
+    return compare(labels, candidate, champion, evaluation.dataset.class_names)
 
 
 MAX_CLASSES_LISTED = 3  # a model that learnt nothing fails every class: one line, not ten
@@ -433,14 +419,14 @@ def _why_worse(
 
 
 def _accuracy_regression(
-    comparison: Comparison, evaluation: dict[str, Any], champion_version: str,
+    comparison: Comparison, evaluation: EvaluationRecord, champion_version: str,
     criteria: Criteria, required: str,
 ) -> CriterionResult:
     counts = comparison.overall
     reasons = _why_worse(counts.p_value, counts.drop, criteria.regression_alpha,
                          criteria.accuracy_drop_bound)
-    accuracies = (float(evaluation["candidate"]["accuracy"]),
-                  float(evaluation["champion"]["accuracy"]))
+    assert evaluation.champion is not None  # paired_comparison checked it
+    accuracies = (evaluation.candidate.accuracy, evaluation.champion.accuracy)
     return CriterionResult(
         name="no_accuracy_regression",
         passed=not reasons,

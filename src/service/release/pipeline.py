@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from service.ml.records import write_json
+from service.ml.records import EVALUATION_RECORD, RUN_RECORD, TRAIN_RECORD, write_json
 from service.provenance import git_state, library_versions
 from service.registry import (
     PREVIOUS,
@@ -44,7 +44,6 @@ from service.settings import Settings
 log = logging.getLogger("lab2prod.release")
 
 NOTEBOOKS = ("train", "evaluate")
-RUN_RECORD = "run.json"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -151,11 +150,11 @@ def run_release(
 
     tick = time.perf_counter()
     records = read_records(run_dir)
-    dataset_name = ((records.evaluation or {}).get("dataset") or {}).get("name")
     if records.usable and not any(nb.error for nb in outcomes):
+        assert records.checkpoint is not None and records.evaluation is not None
         records.serving = run_serving_checks(
-            run_dir, records.checkpoint, records.evaluation or {},  # type: ignore[arg-type]
-            criteria=policy.for_dataset(dataset_name).runtime_criteria(),
+            run_dir, records.checkpoint, records.evaluation,
+            criteria=policy.for_dataset(records.evaluation.dataset.name).runtime_criteria(),
             data_dir=effective["evaluate"].get("data_dir") or effective["train"].get("data_dir"),
             parity_device=str(effective["evaluate"].get("device") or "auto"),
             serving_runtime=settings.runtime,
@@ -272,12 +271,13 @@ def _render_html(notebook: Path) -> str | None:
 def _lineage(records: RunRecords, outcomes: list[NotebookOutcome], reports: dict[str, str | None],
              run_dir: Path) -> dict[str, Any]:
     """The parts of run.json that come from what the notebooks wrote."""
-    train, evaluation = records.train or {}, records.evaluation or {}
+    train = records.train.model_dump(by_alias=True) if records.train else {}
+    evaluation = records.evaluation.model_dump(by_alias=True) if records.evaluation else {}
     evaluated = evaluation.get("dataset") or {}
     artefacts: dict[str, Any] = {
         "checkpoint": records.checkpoint.name if records.checkpoint else None,
-        "train_record": "train.json" if records.train is not None else None,
-        "evaluation_record": "evaluation.json" if records.evaluation is not None else None,
+        "train_record": TRAIN_RECORD if records.train is not None else None,
+        "evaluation_record": EVALUATION_RECORD if records.evaluation is not None else None,
     }
     for outcome in outcomes:
         artefacts[f"{outcome.name}_notebook"] = Path(outcome.path).name if outcome.ran else None
