@@ -26,10 +26,10 @@ from service.inference.runtime import (
     RuntimeUnavailable,
     auto_preference,
     build_runtime,
-    resolve_device,
 )
 from service.inference.verification import VERIFICATION_FILE, VerificationSet, verify
 from service.ml.checkpoint import LoadedCheckpoint, load_checkpoint
+from service.ml.device import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -45,13 +45,6 @@ class Runtime(Protocol):
     def predict_proba(self, batch: torch.Tensor) -> np.ndarray: ...
 
 
-def resolve_device(requested: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else CPU; an explicit device is taken as given."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
 @dataclass
 class EagerRuntime:
     """Plain PyTorch under inference_mode."""

@@ -18,6 +18,7 @@ import torch
 
 from service.ml.checkpoint import LoadedCheckpoint, load_checkpoint
 from service.ml.data import DigitDataset, load_dataset
+from service.ml.device import resolve_device
 from service.ml.preprocess import Normalization, normalize
 from service.ml.records import (
     CHECKPOINT_FILE,
@@ -32,18 +33,6 @@ from service.provenance import git_state
 ECE_BINS = 15
 LATENCY_BATCHES = (1, 32)
 LATENCY_REPEATS = 30
-
-
-def resolve_device(requested: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else the CPU; an explicit device is taken as given."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {requested!r} asked for, but CUDA is not available; use 'auto' or 'cpu'"
-        )
-    return device
 
 
 # --- running the model ----------------------------------------------------------------------

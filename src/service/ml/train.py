@@ -27,7 +27,8 @@ from torch.nn import functional as F
 from service.ml.augment import RandomAffine
 from service.ml.checkpoint import save_checkpoint
 from service.ml.data import DigitDataset, dataset_names, load_dataset
-from service.ml.evaluate import log_probabilities, resolve_device
+from service.ml.device import resolve_device
+from service.ml.evaluate import log_probabilities
 from service.ml.model import build_model
 from service.ml.preprocess import Normalization, normalize
 from service.ml.progress import progress_bar

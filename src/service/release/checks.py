@@ -135,9 +135,9 @@ def prepare_runtimes(
     """The runtime table and the verification set for this checkpoint, measured on these
     evaluation digits; the files to publish with it are written to ``folder`` (next to the
     checkpoint): {"runtimes": the card's section, "verification_set", "artefacts": names}."""
-    from service.inference.runtime import resolve_device
     from service.inference.selection import select_runtime
     from service.ml.checkpoint import load_checkpoint
+    from service.ml.device import resolve_device
 
     loaded = load_checkpoint(checkpoint, device=resolve_device(device))
     selection, eager = select_runtime(
