@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import torch
+from support.models import fresh_checkpoint
 
-from service.ml.checkpoint import load_checkpoint, save_checkpoint
+from service.ml.checkpoint import load_checkpoint
 from service.ml.data import load_dataset
-from service.ml.model import MnistCNN
 from service.ml.preprocess import normalize
 from service.release.checks import run_serving_checks
 from service.release.gate import (
@@ -53,8 +53,7 @@ def metrics(accuracy: float, recalls: list[float], support: int = 10) -> dict[st
 def recorded_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A checkpoint plus the sample a notebook would record for it (first test digits)."""
     run_dir = tmp_path_factory.mktemp("run")
-    torch.manual_seed(0)
-    save_checkpoint(run_dir / "model.safetensors", MnistCNN())
+    fresh_checkpoint(run_dir / "model.safetensors", seed=0)
     dataset = load_dataset("mnist-5k", test_limit=64)
     model = load_checkpoint(run_dir / "model.safetensors").model
     with torch.inference_mode():
