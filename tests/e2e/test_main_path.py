@@ -18,17 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "serving"))
-import serving_support as support  # the serving tests' helpers: servers, uploads
+from support import REPO
+from support.servers import ServeProcess, lab2prod_env
+from support.uploads import scanned_png
 
 from service.ml.data import load_dataset
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 # The policy's absolute bars lowered for a 1-epoch model; its runtime bars made strict enough
 # that no int8 variant can meet them (int8 moves probabilities by ~1e-2, fp32 exports by ~1e-6).
 FP32_ONLY_POLICY = """
@@ -62,7 +59,7 @@ def new_project(folder: Path) -> Path:
 
 
 def release(project: Path, command: list[str], *args: str) -> dict:
-    done = subprocess.run([*command, *args], cwd=project, env=support.serve_env(None),
+    done = subprocess.run([*command, *args], cwd=project, env=lab2prod_env(None),
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "released mnist-cnn v1" in done.stdout
@@ -70,18 +67,12 @@ def release(project: Path, command: list[str], *args: str) -> dict:
     return json.loads(record.read_text())
 
 
-def serve(project: Path, command: list[str]) -> support.ServeProcess:
+def serve(project: Path, command: list[str]) -> ServeProcess:
     assert command[-1:] == ["serve"], command
     # `lab2prod serve` with the defaults a new user has: RUNTIME=auto, the project's models/
-    server = support.ServeProcess(None, project, RUNTIME="auto")
+    server = ServeProcess(None, project, RUNTIME="auto")
     server.wait_ready(timeout=120)
     return server
-
-
-def digit_photo(digit: np.ndarray) -> bytes:
-    """A test digit as a user would upload it: dark ink on white, 280 px, PNG."""
-    ink = Image.fromarray(255 - digit).resize((280, 280), Image.Resampling.BICUBIC)
-    return support.encode(ink.convert("RGB"))
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +105,9 @@ def test_make_run_classifies_photos_of_real_digits(make_run):
     _, url = make_run
     dataset = load_dataset("mnist-5k", test_limit=10)
     with httpx.Client(base_url=url, timeout=10) as client:
-        answers = [client.post("/predict", files={"file": ("digit.png", digit_photo(image),
-                                                           "image/png")})
-                   for image in dataset.test_images]
+        photos = [scanned_png(image, side=280) for image in dataset.test_images]
+        answers = [client.post("/predict", files={"file": ("digit.png", photo, "image/png")})
+                   for photo in photos]
     assert all(answer.status_code == 200 for answer in answers), answers[0].text
     digits = [answer.json()["digit"] for answer in answers]
     correct = sum(digit == label for digit, label in zip(digits, dataset.test_labels, strict=True))

@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "serving"))
-import serving_support as support  # the serving tests' helpers: checkpoints, registry, servers
-from serving_support import ServeProcess
+from support.models import fresh_checkpoint
+from support.registry import publish
+from support.servers import ServeProcess
+from support.uploads import digit_png
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent
@@ -34,7 +34,7 @@ SEED = 20261202  # fixed, so a failure reproduces; explore with `st run` by hand
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     folder = tmp_path_factory.mktemp("openapi-contract")
     registry = folder / "models"
-    support.publish(registry, support.fresh_checkpoint(folder / "v1.safetensors", seed=1))
+    publish(registry, fresh_checkpoint(folder / "v1.safetensors", seed=1))
     running = ServeProcess(registry, folder)
     try:
         running.wait_ready()
@@ -131,7 +131,7 @@ def test_a_client_generated_from_the_document_gets_real_predictions(
     from lab2prod_client.types import File  # type: ignore
 
     pixels = [0] * 300 + [255] * 184 + [0] * 300
-    upload = File(payload=io.BytesIO(support.digit_png()), file_name="one.png",
+    upload = File(payload=io.BytesIO(digit_png()), file_name="one.png",
                   mime_type="image/png")
     with Client(base_url=server.url, raise_on_unexpected_status=True) as client:
         one = predict.sync(client=client, body=PixelsIn(pixels=pixels))

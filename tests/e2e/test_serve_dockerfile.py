@@ -6,12 +6,10 @@ The HEALTHCHECK command itself runs against a live server in test_serve_process.
 from __future__ import annotations
 
 import re
-import sys
 import tomllib
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "serving"))
-from serving_support import REPO, dockerfile_instructions, exec_form
+from support import REPO
+from support.docker import dockerfile_instructions, exec_form
 
 from service.cli import build_parser
 

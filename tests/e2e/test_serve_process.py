@@ -15,10 +15,11 @@ import numpy as np
 import orjson
 import pytest
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "serving"))
-import serving_support as support  # the serving tests' helpers: checkpoints, registry, uploads
-from serving_support import ServeProcess
+from support.docker import dockerfile_instructions, exec_form
+from support.models import fresh_checkpoint
+from support.registry import publish
+from support.servers import LAB2PROD, ServeProcess, free_port, lab2prod_env
+from support.uploads import digit_png
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.slow
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("e2e-serve")
     registry = folder / "models"
-    support.publish(registry, support.fresh_checkpoint(folder / "v1.safetensors", seed=1))
+    publish(registry, fresh_checkpoint(folder / "v1.safetensors", seed=1))
     return registry
 
 
@@ -48,7 +49,7 @@ def test_predict_over_real_http_json_image_and_batch(server: ServeProcess):
         )
         again = client.post("/predict", content=orjson.dumps({"pixels": [[0] * 28] * 28}),
                             headers={"content-type": "application/json"})
-        upload = {"file": ("one.png", support.digit_png(), "image/png")}
+        upload = {"file": ("one.png", digit_png(), "image/png")}
         image = client.post("/predict", files=upload)
         batch = client.post("/predict/batch", json={"items": [{"pixels": [9] * 784}] * 3})
         bad = client.post("/predict", json={"pixels": [0] * 10})
@@ -94,11 +95,11 @@ def test_logs_are_json_lines_carrying_the_request_id(server: ServeProcess):
 
 def test_the_served_model_follows_the_production_alias(registry: Path, tmp_path: Path):
     own = tmp_path / "models"
-    support.publish(own, support.fresh_checkpoint(tmp_path / "a.safetensors", seed=1))
+    publish(own, fresh_checkpoint(tmp_path / "a.safetensors", seed=1))
     running = ServeProcess(own, tmp_path)
     try:
         running.wait_ready()
-        support.publish(own, support.fresh_checkpoint(tmp_path / "b.safetensors", seed=2))
+        publish(own, fresh_checkpoint(tmp_path / "b.safetensors", seed=2))
         deadline = time.monotonic() + 20
         while True:
             answer = httpx.post(f"{running.url}/predict", json={"pixels": [5] * 784}, timeout=10)
@@ -127,8 +128,8 @@ def test_two_worker_processes_serve_from_one_port(registry: Path, tmp_path: Path
 
 def start_and_fail(registry: Path, workdir: Path) -> tuple[int, str]:
     process = subprocess.run(
-        [support.LAB2PROD, "serve", "--port", str(support.free_port())],
-        env=support.serve_env(registry), cwd=workdir, capture_output=True, timeout=120,
+        [LAB2PROD, "serve", "--port", str(free_port())],
+        env=lab2prod_env(registry), cwd=workdir, capture_output=True, timeout=120,
     )
     return process.returncode, process.stderr.decode()
 
@@ -141,7 +142,7 @@ def test_without_a_model_serve_exits_and_says_to_run_release(tmp_path: Path):
 
 def test_with_a_corrupt_checkpoint_serve_exits_and_says_which(tmp_path: Path):
     registry = tmp_path / "models"
-    support.publish(registry, support.fresh_checkpoint(tmp_path / "a.safetensors", seed=3))
+    publish(registry, fresh_checkpoint(tmp_path / "a.safetensors", seed=3))
     stored = registry / "mnist-cnn" / "v1" / "model.safetensors"
     stored.write_bytes(stored.read_bytes()[: stored.stat().st_size // 2])
     code, stderr = start_and_fail(registry, tmp_path)
@@ -161,12 +162,12 @@ def test_a_decompression_bomb_upload_does_not_hurt_the_server(server: ServeProce
 def test_the_images_healthcheck_command_passes_live_and_fails_without_a_server(
     server: ServeProcess,
 ):
-    (healthcheck,) = [a for k, a in support.dockerfile_instructions() if k == "HEALTHCHECK"]
-    command = support.exec_form(healthcheck)
+    (healthcheck,) = [a for k, a in dockerfile_instructions() if k == "HEALTHCHECK"]
+    command = exec_form(healthcheck)
     command[0] = sys.executable  # the image's `python`
     live = subprocess.run(command, env={"PORT": str(server.port)}, capture_output=True, timeout=30)
     dead = subprocess.run(
-        command, env={"PORT": str(support.free_port())}, capture_output=True, timeout=30
+        command, env={"PORT": str(free_port())}, capture_output=True, timeout=30
     )
     assert live.returncode == 0, live.stderr.decode()
     assert dead.returncode != 0

@@ -5,65 +5,39 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "async_"))
-import support  # the async tests' helpers: services, model, processes
+from support.models import direct_predictions, held_out_digits
+from support.registry import publish
+from support.servers import ServeProcess, free_port, start_worker, worker_env
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.redis, pytest.mark.slow]
 JOBS = 1000
 
 
 @pytest.fixture
-def services(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, object]]:
-    amqp_url = support.require_rabbitmq()
-    redis_process, redis_url = support.start_redis_server(tmp_path)
-    queue = support.unique_queue_name("e2e")
-    cache = Path(request.config.cache.mkdir("lab2prod-async-model"))
-    checkpoint = support.trained_checkpoint(cache)
+def registry(tmp_path: Path, trained_checkpoint: Path) -> Path:
     registry = tmp_path / "models"
-    support.publish_model(registry, checkpoint)
-    yield {"amqp_url": amqp_url, "redis_url": redis_url, "queue": queue, "registry": registry,
-           "checkpoint": checkpoint}
-    support.run_sync(support.delete_queue_topology(amqp_url, queue))
-    redis_process.terminate()
-    redis_process.wait(10)
+    publish(registry, trained_checkpoint)
+    return registry
 
 
 def two_free_ports() -> int:
     """A port p with p+1 also free (worker i serves metrics on p+i)."""
     for _ in range(50):
-        port = support.free_port()
+        port = free_port()
         try:
-            import socket
-
             with socket.socket() as probe:
                 probe.bind(("127.0.0.1", port + 1))
             return port
         except OSError:
             continue
     raise RuntimeError("no two consecutive free ports")
-
-
-async def wait_ready(client: httpx.AsyncClient, process: subprocess.Popen[bytes]) -> dict:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "lab2prod serve exited during start-up"
-        try:
-            response = await client.get("/ready")
-            if response.status_code == 200:
-                return response.json()
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.2)
-    raise AssertionError("lab2prod serve did not become ready in 90 s")
 
 
 def processed(metrics_text: str) -> float:
@@ -74,23 +48,20 @@ def processed(metrics_text: str) -> float:
 
 
 async def test_1000_jobs_through_the_api_and_two_worker_processes_all_finish_correctly(
-    services, tmp_path: Path
+    amqp_url, redis_url, queue_name, registry, trained_checkpoint, tmp_path: Path
 ):
-    images, _ = support.held_out_digits(JOBS)
-    expected = support.direct_predictions(services["checkpoint"], images).tolist()
-    api_port, metrics_port = support.free_port(), two_free_ports()
-    env = support.worker_env(
-        amqp_url=services["amqp_url"], redis_url=services["redis_url"],
-        registry=services["registry"], queue=services["queue"],
-        LOAD_MODEL="false", PORT=str(api_port), WORKER_METRICS_PORT=str(metrics_port),
-    )
-    lab2prod = str(Path(sys.executable).with_name("lab2prod"))
-    api_log = (tmp_path / "api.log").open("ab")
-    api = subprocess.Popen([lab2prod, "serve"], env=env, stdout=api_log, stderr=subprocess.STDOUT)
-    workers = support.start_worker(env, tmp_path / "workers.log", "--processes", "2")
+    images, _ = held_out_digits(JOBS)
+    expected = direct_predictions(trained_checkpoint, images).tolist()
+    metrics_port = two_free_ports()
+    env = worker_env(amqp_url=amqp_url, redis_url=redis_url, registry=registry, queue=queue_name,
+                     WORKER_METRICS_PORT=str(metrics_port))
+    api = ServeProcess(registry, tmp_path, AMQP_URL=amqp_url, REDIS_URL=redis_url,
+                       QUEUE_NAME=queue_name, LOAD_MODEL="false")  # it only enqueues
+    workers = start_worker(env, tmp_path / "workers.log", "--processes", "2")
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as client:
-            ready = await wait_ready(client, api)
+        api.wait_ready()
+        async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
+            ready = (await client.get("/ready")).json()
             assert ready["checks"]["broker"] == "ok" and ready["model"]["loaded"] is False
 
             ids: list[str] = []
@@ -129,10 +100,10 @@ async def test_1000_jobs_through_the_api_and_two_worker_processes_all_finish_cor
         workers.send_signal(signal.SIGTERM)
         assert workers.wait(60) == 0
     finally:
-        for process in (workers, api):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        if workers.poll() is None:
+            workers.terminate()
+            try:
+                workers.wait(20)
+            except subprocess.TimeoutExpired:
+                workers.kill()
+        api.stop()

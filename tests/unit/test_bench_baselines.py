@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.models import fresh_checkpoint
 
 from service.bench.servers import Server, ServerSpec, free_port
-from service.ml.checkpoint import load_checkpoint, save_checkpoint
-from service.ml.model import build_model
+from service.ml.checkpoint import load_checkpoint
 from service.ml.preprocess import normalize
 
 pytestmark = pytest.mark.slow  # three subprocess servers
@@ -23,9 +23,7 @@ BASELINES = Path(__file__).resolve().parents[2] / "scripts" / "baselines"
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(3)
-    return save_checkpoint(tmp_path_factory.mktemp("baselines") / "model.safetensors",
-                           build_model().eval())
+    return fresh_checkpoint(tmp_path_factory.mktemp("baselines") / "model.safetensors", seed=3)
 
 
 @pytest.mark.parametrize("script", ["tutorial.py", "threadpool.py", "litserve_server.py"])

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from support.models import fresh_checkpoint
 
-from service.ml.checkpoint import load_checkpoint, save_checkpoint
+from service.ml.checkpoint import load_checkpoint
 from service.ml.data import load_dataset
 from service.ml.evaluate import accuracy, confusion_matrix, per_class
-from service.ml.model import MnistCNN
 from service.ml.preprocess import normalize
 from service.ml.records import encode_classes
 from service.release.checks import run_serving_checks
@@ -97,8 +97,7 @@ def spread(total_b: int, total_c: int) -> dict[int, tuple[int, int]]:
 def recorded_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A checkpoint plus the sample a notebook would record for it (first test digits)."""
     run_dir = tmp_path_factory.mktemp("run")
-    torch.manual_seed(0)
-    save_checkpoint(run_dir / "model.safetensors", MnistCNN())
+    fresh_checkpoint(run_dir / "model.safetensors", seed=0)
     dataset = load_dataset("mnist-5k", test_limit=64)
     model = load_checkpoint(run_dir / "model.safetensors").model
     with torch.inference_mode():

@@ -4,45 +4,23 @@ why, and exported artefacts are named by the weights and reused."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from support.models import fresh_checkpoint, held_out_digits
 
 from service.inference import export
 from service.inference.loader import load_runtime
 from service.inference.runtime import RuntimeUnavailable, build_runtime, runtime_names
 from service.ml.checkpoint import load_checkpoint, save_checkpoint
-from service.ml.data import load_dataset
 from service.ml.model import build_model
 from service.ml.preprocess import normalize
 
 
 @pytest.fixture(scope="module")
-def digits():
-    dataset = load_dataset("mnist-5k")
-    return dataset.test_images[:200], dataset.test_labels[:200], dataset.train_images[:512], \
-        dataset.train_labels[:512]
-
-
-@pytest.fixture(scope="module")
-def trained_checkpoint(tmp_path_factory, digits) -> Path:
-    """A CNN trained for a few steps so that its predictions mean something (about 80%)."""
-    _, _, images, labels = digits
-    torch.manual_seed(0)
-    model = build_model()
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    inputs, targets = normalize(images), torch.as_tensor(labels)
-    for _ in range(3):
-        for start in range(0, len(targets), 64):
-            optimizer.zero_grad()
-            loss = torch.nn.functional.nll_loss(model(inputs[start:start + 64]),
-                                                targets[start:start + 64])
-            loss.backward()
-            optimizer.step()
-    path = tmp_path_factory.mktemp("runtime") / "model.safetensors"
-    return save_checkpoint(path, model.eval(), extra={"dataset": {"name": "mnist-5k"}})
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    return held_out_digits(200)
 
 
 @pytest.mark.parametrize("name", ["eager", "channels-last", "torchscript", "int8", "onnx"])
@@ -100,9 +78,8 @@ def test_unknown_runtime_names_the_choices(trained_checkpoint):
 
 
 def test_artifact_is_named_by_the_weights_and_reused(tmp_path):
-    first = save_checkpoint(tmp_path / "a" / "model.safetensors", build_model().eval())
-    torch.manual_seed(1)
-    second = save_checkpoint(tmp_path / "b" / "model.safetensors", build_model().eval())
+    first = fresh_checkpoint(tmp_path / "a" / "model.safetensors", seed=0)
+    second = fresh_checkpoint(tmp_path / "b" / "model.safetensors", seed=1)
     path = export.ensure_artifact(load_checkpoint(first), "onnx")
     stamp = path.stat().st_mtime_ns
     assert path.parent == first.parent and path.name.startswith("model.")

@@ -9,8 +9,8 @@ import uuid
 import aio_pika
 import numpy as np
 import pytest
-import support
 from aio_pika.exceptions import ChannelPreconditionFailed
+from support.servers import free_port
 
 from service.queue.broker import BrokerUnavailable, RabbitBroker, dead_letter_names
 from service.queue.jobs import Job, JobResult, JobStatus
@@ -54,7 +54,7 @@ async def test_a_confirmed_job_is_persistent_on_a_durable_quorum_queue(amqp_url,
 
 
 async def test_an_unreachable_broker_refuses_at_once_and_keeps_refusing_quickly():
-    broker = RabbitBroker(f"amqp://guest:guest@127.0.0.1:{support.free_port()}/", "never")
+    broker = RabbitBroker(f"amqp://guest:guest@127.0.0.1:{free_port()}/", "never")
     started = time.monotonic()
     with pytest.raises(BrokerUnavailable, match="unreachable") as caught:
         await broker.publish(job_for(1))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,11 +13,13 @@ from typing import Any
 
 import aio_pika
 import httpx
-import numpy as np
 import pytest
 import redis.asyncio as aioredis
-import support
-from PIL import Image
+from support.app import settings_for
+from support.models import direct_predictions, held_out_digits
+from support.registry import publish
+from support.servers import free_port
+from support.uploads import scanned_png
 
 from service.api.app import create_app
 from service.api.inputs import digit_from_image
@@ -91,40 +92,34 @@ async def serve(settings: Settings, mode: str, with_worker: bool = True) -> Asyn
                     assert await asyncio.wait_for(worker, 30) == 0
 
 
-def settings_for(mode: str, request: pytest.FixtureRequest, **overrides: Any) -> Settings:
-    registry = request.getfixturevalue("registry_dir")
-    common: dict[str, Any] = dict(
-        registry_url=str(registry), device="cpu", runtime="eager", model_poll_interval_s=0,
-        log_json=False,
-        worker_batch_wait_ms=2,
-    )
+def settings_in(mode: str, request: pytest.FixtureRequest, **overrides: Any) -> Settings:
+    """The API's settings in ``mode``: embedded (its own model and queue) or broker (RabbitMQ,
+    Redis and a worker; no model of its own)."""
+    broker: dict[str, Any] = {}
     if mode == "broker":
-        common.update(
+        broker = dict(
             amqp_url=request.getfixturevalue("amqp_url"),
             redis_url=request.getfixturevalue("redis_url"),
             queue_name=request.getfixturevalue("queue_name"),
             load_model=False,
         )
-    return Settings(_env_file=None, **{**common, **overrides})  # type: ignore[call-arg]
+    return settings_for(
+        request.getfixturevalue("registry_dir"), log_json=False, worker_batch_wait_ms=2,
+        **{**broker, **overrides},
+    )
 
 
 @pytest.fixture(params=MODES)
 async def service(request: pytest.FixtureRequest) -> AsyncIterator[Service]:
-    async with serve(settings_for(request.param, request), request.param) as running:
+    async with serve(settings_in(request.param, request), request.param) as running:
         yield running
 
 
-def png_of(digit: np.ndarray) -> bytes:
-    """A dataset digit as a scanned-looking upload: dark ink on white, 4x larger."""
-    image = Image.fromarray(255 - digit).resize((112, 112), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-async def test_a_queued_digit_finishes_with_the_models_own_answer(service: Service, checkpoint):
-    images, _ = support.held_out_digits(12)
-    expected = support.direct_predictions(checkpoint, images)
+async def test_a_queued_digit_finishes_with_the_models_own_answer(
+    service: Service, trained_checkpoint
+):
+    images, _ = held_out_digits(12)
+    expected = direct_predictions(trained_checkpoint, images)
     ids = []
     for image in images:
         response = await service.client.post("/classify", json={"pixels": image.tolist()})
@@ -146,13 +141,13 @@ async def test_a_queued_digit_finishes_with_the_models_own_answer(service: Servi
 
 
 async def test_an_uploaded_image_is_classified_like_the_same_digit_sent_to_predict(
-    service: Service, checkpoint
+    service: Service, trained_checkpoint
 ):
-    images, _ = support.held_out_digits(3)
+    images, _ = held_out_digits(3)
     for image in images:
-        upload = png_of(image)
+        upload = scanned_png(image)
         parsed = digit_from_image(upload, max_pixels=10**6, content_type="image/png")
-        expected = int(support.direct_predictions(checkpoint, parsed[None])[0])
+        expected = int(direct_predictions(trained_checkpoint, parsed[None])[0])
         response = await service.client.post(
             "/classify", files={"file": ("digit.png", upload, "image/png")}
         )
@@ -214,8 +209,8 @@ async def test_a_poison_job_reads_failed_after_max_attempts(service: Service):
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_expired_results_are_404(mode: str, request: pytest.FixtureRequest):
-    async with serve(settings_for(mode, request, result_ttl_s=1), mode) as service:
-        images, _ = support.held_out_digits(1)
+    async with serve(settings_in(mode, request, result_ttl_s=1), mode) as service:
+        images, _ = held_out_digits(1)
         response = await service.client.post("/classify", json={"pixels": images[0].tolist()})
         inference_id = response.json()["inference_id"]
         assert (await service.wait_final(inference_id)).status_code == 200
@@ -226,10 +221,10 @@ async def test_expired_results_are_404(mode: str, request: pytest.FixtureRequest
 async def test_broker_down_answers_503_with_retry_after_and_leaves_no_phantom_ids(
     request: pytest.FixtureRequest,
 ):
-    closed = f"amqp://guest:guest@127.0.0.1:{support.free_port()}/"
-    settings = settings_for("broker", request, amqp_url=closed)
+    closed = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+    settings = settings_in("broker", request, amqp_url=closed)
     async with serve(settings, "broker", with_worker=False) as service:
-        images, _ = support.held_out_digits(5)
+        images, _ = held_out_digits(5)
         for image in images:
             response = await service.client.post("/classify", json={"pixels": image.tolist()})
             assert response.status_code == 503
@@ -245,7 +240,7 @@ async def test_broker_down_answers_503_with_retry_after_and_leaves_no_phantom_id
 
 
 async def test_ready_reports_the_broker_and_result_store(request: pytest.FixtureRequest):
-    async with serve(settings_for("broker", request), "broker") as service:
+    async with serve(settings_in("broker", request), "broker") as service:
         consumers = f'lab2prod_jobs_queue_consumers{{queue="{service.settings.queue_name}"}} 1.0'
         async with asyncio.timeout(30):  # the worker task loads its model, then consumes
             while True:
@@ -260,14 +255,14 @@ async def test_ready_reports_the_broker_and_result_store(request: pytest.Fixture
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_jobs_follow_the_production_alias_when_it_moves(
-    mode: str, request: pytest.FixtureRequest, registry_dir, checkpoint
+    mode: str, request: pytest.FixtureRequest, registry_dir, trained_checkpoint
 ):
-    settings = settings_for(mode, request, model_poll_interval_s=0.2)
+    settings = settings_in(mode, request, model_poll_interval_s=0.2)
     async with serve(settings, mode) as service:
-        pixels = support.held_out_digits(1)[0][0].tolist()
+        pixels = held_out_digits(1)[0][0].tolist()
         first = (await service.client.post("/classify", json={"pixels": pixels})).json()
         assert (await service.wait_final(first["inference_id"])).json()["model_version"] == "v1"
-        assert support.publish_model(registry_dir, checkpoint) == "v2"  # moves production
+        assert publish(registry_dir, trained_checkpoint) == "v2"  # moves production
         async with asyncio.timeout(20):
             while True:
                 job = (await service.client.post("/classify", json={"pixels": pixels})).json()

@@ -12,7 +12,9 @@ import aio_pika
 import numpy as np
 import pytest
 import redis
-import support
+from support.models import direct_predictions, held_out_digits
+from support.rabbitmq import queue_counts
+from support.servers import start_worker, worker_env
 
 from service.queue.broker import RabbitBroker
 from service.queue.jobs import Job, JobResult, JobStatus
@@ -63,18 +65,18 @@ def stop(process, sig=signal.SIGTERM) -> None:
 
 
 async def test_a_worker_killed_mid_run_loses_nothing_and_every_job_finishes_exactly_once(
-    amqp_url, queue_name, redis_url, registry_dir, checkpoint, tmp_path: Path
+    amqp_url, queue_name, redis_url, registry_dir, trained_checkpoint, tmp_path: Path
 ):
-    images, _ = support.held_out_digits(1000)
-    expected = support.direct_predictions(checkpoint, images)
-    env = support.worker_env(
+    images, _ = held_out_digits(1000)
+    expected = direct_predictions(trained_checkpoint, images)
+    env = worker_env(
         amqp_url=amqp_url, redis_url=redis_url, registry=registry_dir, queue=queue_name,
         WORKER_BATCH_SIZE="8", WORKER_PREFETCH="32", MODEL_POLL_INTERVAL_S="0",
     )
     store = RedisResultStore(redis_url, ttl_s=600)
     ids = await publish_all(amqp_url, queue_name, images)  # queued before any worker runs
-    victim = support.start_worker(env, tmp_path / "victim.log")
-    survivor = support.start_worker(env, tmp_path / "survivor.log")
+    victim = start_worker(env, tmp_path / "victim.log")
+    survivor = start_worker(env, tmp_path / "survivor.log")
     restarted = None
     try:
         # Kill the victim only once it is consuming, so it holds unacked deliveries.
@@ -83,7 +85,7 @@ async def test_a_worker_killed_mid_run_loses_nothing_and_every_job_finishes_exac
         victim.wait(10)
         finished_at_kill = sum(r is not None and r.final for r in before)
         assert finished_at_kill < len(ids), "the kill must land mid-run"
-        restarted = support.start_worker(env, tmp_path / "restarted.log")
+        restarted = start_worker(env, tmp_path / "restarted.log")
         records = await wait_for_results(store, ids, at_least=len(ids), timeout=180)
     finally:
         for process in (survivor, restarted):
@@ -96,7 +98,7 @@ async def test_a_worker_killed_mid_run_loses_nothing_and_every_job_finishes_exac
     assert len(keys) == len(ids)  # exactly one final record per job, no strays
     assert any(r.attempts >= 2 for r in records), "the victim's unacked jobs were redelivered"
     assert len({r.worker for r in records}) >= 2
-    ready, dead = await support.queue_counts(amqp_url, queue_name)
+    ready, dead = await queue_counts(amqp_url, queue_name)
     assert (ready, dead) == (0, 0)
     await store.close()
 
@@ -104,15 +106,15 @@ async def test_a_worker_killed_mid_run_loses_nothing_and_every_job_finishes_exac
 async def test_sigterm_finishes_the_jobs_in_hand_acks_them_and_exits_zero(
     amqp_url, queue_name, redis_url, registry_dir, tmp_path: Path
 ):
-    images, _ = support.held_out_digits(600)
-    env = support.worker_env(
+    images, _ = held_out_digits(600)
+    env = worker_env(
         amqp_url=amqp_url, redis_url=redis_url, registry=registry_dir, queue=queue_name,
         WORKER_BATCH_SIZE="4", WORKER_PREFETCH="16", MODEL_POLL_INTERVAL_S="0",
     )
     store = RedisResultStore(redis_url, ttl_s=600)
     ids = await publish_all(amqp_url, queue_name, images)
     log = tmp_path / "worker.log"
-    worker = support.start_worker(env, log)
+    worker = start_worker(env, log)
     try:
         await wait_for_results(store, ids, at_least=1, timeout=120)
         worker.send_signal(signal.SIGTERM)

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
-import numpy as np
 import orjson
 import pytest
-import support
 import uvicorn
-from PIL import Image
+from support.models import direct_predictions, held_out_digits
+from support.servers import free_port
+from support.uploads import scanned_png
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -32,7 +31,7 @@ async def running_server(**overrides: Any) -> AsyncIterator[tuple[str, Any]]:
         **overrides,
     })
     app = create_app(settings)
-    port = support.free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     )
@@ -55,20 +54,14 @@ async def server(registry_dir) -> AsyncIterator[tuple[str, Any]]:
         yield running
 
 
-def png_of(digit: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(255 - digit).resize((56, 56)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-async def test_500_inputs_stream_back_in_order_each_with_its_id(server, checkpoint):
+async def test_500_inputs_stream_back_in_order_each_with_its_id(server, trained_checkpoint):
     url, _ = server
-    images, _ = support.held_out_digits(500)
-    pngs = {i: png_of(images[i]) for i in range(0, 500, 25)}  # every 25th goes as an image
+    images, _ = held_out_digits(500)
+    pngs = {i: scanned_png(images[i], side=56) for i in range(0, 500, 25)}  # every 25th: an image
     parsed = images.copy()
     for i, data in pngs.items():
         parsed[i] = digit_from_image(data, max_pixels=10**6)
-    expected = support.direct_predictions(checkpoint, parsed)
+    expected = direct_predictions(trained_checkpoint, parsed)
 
     async def send_all(ws) -> None:
         for i, image in enumerate(images):
@@ -95,7 +88,7 @@ async def test_500_inputs_stream_back_in_order_each_with_its_id(server, checkpoi
 
 async def test_a_bad_input_gets_an_error_for_its_id_and_the_stream_goes_on(server):
     url, _ = server
-    images, _ = support.held_out_digits(2)
+    images, _ = held_out_digits(2)
     async with connect(url) as ws:
         await ws.send(orjson.dumps({"id": "a", "pixels": images[0].tolist()}).decode())
         await ws.send(orjson.dumps({"id": "b", "pixels": [1, 2, 3]}).decode())
@@ -132,7 +125,7 @@ async def test_protocol_violations_close_with_a_code_and_reason(registry_dir, fr
 async def test_an_overloaded_server_closes_1013_try_again_later(registry_dir):
     settings = dict(registry_url=str(registry_dir), max_queue_size=2, ws_max_in_flight=256)
     async with running_server(**settings) as (url, _):
-        images, _ = support.held_out_digits(256)
+        images, _ = held_out_digits(256)
         frames = [orjson.dumps({"pixels": image.tolist()}).decode() for image in images]
         async with connect(url) as ws:
             for frame in frames:
@@ -153,7 +146,7 @@ async def test_an_instance_without_a_model_closes_1013():
 
 async def test_a_client_that_disconnects_midway_leaks_no_tasks_and_the_server_carries_on(server):
     url, app = server
-    images, _ = support.held_out_digits(300)
+    images, _ = held_out_digits(300)
     frames = [orjson.dumps({"id": i, "pixels": x.tolist()}).decode() for i, x in enumerate(images)]
     await asyncio.sleep(0.1)
     baseline = len(asyncio.all_tasks())
@@ -187,7 +180,7 @@ async def test_in_flight_inputs_are_bounded_per_connection(registry_dir):
             return original(batch)
 
         runtime.predict_proba = slow_predict  # the model stalls; inputs keep arriving
-        images, _ = support.held_out_digits(50)
+        images, _ = held_out_digits(50)
         async with connect(url) as ws:
             for i, image in enumerate(images):
                 await ws.send(orjson.dumps({"id": i, "pixels": image.tolist()}).decode())

@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import serving_support as support
+from support.servers import RedisServer
 
 from service.inference.cache import PredictionCache
 
 pytestmark = pytest.mark.redis
 
 
-def command_calls(server: support.RedisServer) -> dict[str, int]:
+def command_calls(server: RedisServer) -> dict[str, int]:
     client = server.client()
     try:
         stats = client.info("commandstats")
@@ -23,7 +23,7 @@ def command_calls(server: support.RedisServer) -> dict[str, int]:
 
 
 async def test_concurrent_lookups_and_writes_share_one_round_trip_each(tmp_path):
-    server = support.RedisServer(tmp_path).start()
+    server = RedisServer(tmp_path).start()
     cache = PredictionCache(size=0, redis_url=server.url, timeout_s=2.0)
     try:
         for index in range(32):
@@ -45,7 +45,7 @@ async def test_concurrent_lookups_and_writes_share_one_round_trip_each(tmp_path)
 
 
 async def test_a_cancelled_lookup_does_not_disturb_the_others(tmp_path):
-    server = support.RedisServer(tmp_path).start()
+    server = RedisServer(tmp_path).start()
     cache = PredictionCache(size=0, redis_url=server.url, timeout_s=2.0)
     try:
         cache.put("v1:a", b"A")

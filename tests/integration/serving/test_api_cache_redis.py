@@ -10,7 +10,8 @@ import time
 
 import numpy as np
 import pytest
-from serving_support import serving, settings_for
+from support.app import serving, settings_for
+from support.servers import free_port
 
 pytestmark = pytest.mark.redis
 
@@ -159,8 +160,6 @@ async def test_a_frozen_redis_costs_a_few_short_timeouts_then_none(registry_dir,
 
 
 async def test_an_unreachable_redis_at_start_up_does_not_stop_the_service(registry_dir):
-    from serving_support import free_port
-
     settings = settings_for(registry_dir, redis_url=f"redis://127.0.0.1:{free_port()}/0")
     async with serving(settings) as (_, client):
         answers = [await client.post("/predict", json={"pixels": p}) for p in new_digits(7, 5)]

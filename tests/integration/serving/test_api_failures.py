@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 import torch
-from serving_support import serving, settings_for
+from support.app import serving, settings_for
 
 
 class GatedRuntime:

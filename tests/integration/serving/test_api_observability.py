@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import orjson
-from serving_support import serving, settings_for
+from support.app import serving, settings_for
 
 from service.observability import JsonFormatter
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from serving_support import publish, serving, settings_for
+from support.app import serving, settings_for
+from support.registry import publish
 
 from service.inference.pool import VersionNotFound, VersionUnavailable
 

@@ -10,7 +10,9 @@ import numpy as np
 import orjson
 import pytest
 from PIL import Image
-from serving_support import encode, render_upload, serving, settings_for
+from support.app import serving, settings_for
+from support.registry import publish
+from support.uploads import encode, render_upload
 
 from service.api.routes import predict as predict_routes
 from service.ml.data import load_dataset
@@ -101,8 +103,6 @@ async def test_a_repeated_request_is_answered_from_its_bytes_before_any_parsing(
 
 
 async def test_a_trained_model_reads_uploaded_digits(trained_checkpoint, tmp_path, digits):
-    from serving_support import publish
-
     publish(tmp_path / "models", trained_checkpoint)
     images, labels = digits
     rng = np.random.default_rng(3)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-from serving_support import publish, serving, settings_for
+from support.app import serving, settings_for
+from support.registry import publish
 
 from service.registry import open_registry
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from serving_support import render_upload
+from support.models import held_out_digits
+from support.uploads import render_upload
 
 from service.api.inputs import digit_from_image
 from service.inference.loader import load_runtime
-from service.ml.data import load_dataset
 from service.ml.preprocess import normalize
 
 DIGITS = 500
@@ -24,8 +24,7 @@ def accuracy(model, images: np.ndarray, labels: np.ndarray) -> float:
 
 def test_rendered_uploads_are_classified_about_as_well_as_the_raw_arrays(trained_checkpoint):
     torch.set_num_threads(1)
-    data = load_dataset("mnist-5k")
-    images, labels = data.test_images[:DIGITS], data.test_labels[:DIGITS]
+    images, labels = held_out_digits(DIGITS)
     rng = np.random.default_rng(2024)
     uploads = np.stack(
         [

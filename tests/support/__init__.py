@@ -1,0 +1,17 @@
+"""The one support package of the tests: helpers every test directory imports as ``support``
+(``pythonpath = ["tests"]`` in pyproject.toml). One job per module:
+
+- ``models``: test models, trained the one way the package trains, and digits to ask them about
+- ``registry``: publishing a checkpoint as a registry version
+- ``app``: test settings and the real app called in-process
+- ``uploads``: images as users upload them
+- ``servers``: real processes on free ports (redis-server, ``lab2prod serve``/``worker``)
+- ``rabbitmq``: the shared RabbitMQ: reachability, a queue per test, its counts and cleanup
+- ``docker``: reading the Dockerfile's instructions
+
+Fixtures built on these live in the conftest.py files.
+"""
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]

@@ -1,0 +1,40 @@
+"""The real app in-process: test settings, and the app with its lifespan over httpx's ASGI
+transport (HTTP semantics, no socket)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from service.api.app import create_app
+from service.settings import Settings
+
+
+def settings_for(registry_dir: Path, **overrides: Any) -> Settings:
+    """Test settings: no .env, eager runtime (fast start), no alias polling, no Redis or
+    RabbitMQ (whatever the environment says), JSON logs, unless ``overrides`` say otherwise."""
+    values: dict[str, Any] = {
+        "registry_url": str(registry_dir),
+        "runtime": "eager",
+        "device": "cpu",
+        "model_poll_interval_s": 0,
+        "redis_url": None,
+        "amqp_url": None,
+        "log_json": True,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    """The real app with its lifespan, and a client that calls it in-process."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serving") as client:
+            yield app, client
