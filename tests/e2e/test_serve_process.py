@@ -90,7 +90,8 @@ def test_logs_are_json_lines_carrying_the_request_id(server: ServeProcess):
     lines = [orjson.loads(line) for line in server.log.read_bytes().splitlines() if line.strip()]
     mine = [line for line in lines if line.get("request_id") == "trace-e2e"]
     assert mine and mine[0]["route"] == "/predict" and mine[0]["status"] == 200
-    assert any(line["message"] == "serving model" and line["version"] == "v1" for line in lines)
+    assert any(line["message"] == "loaded model version" and line["version"] == "v1"
+               for line in lines)
 
 
 def test_the_served_model_follows_the_production_alias(registry: Path, tmp_path: Path):

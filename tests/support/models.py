@@ -14,7 +14,8 @@ from service.ml.checkpoint import save_checkpoint
 from service.ml.data import load_dataset
 from service.ml.model import build_model
 from service.ml.preprocess import normalize
-from service.ml.train import CHECKPOINT_NAME, TrainConfig, train, write_run
+from service.ml.records import CHECKPOINT_FILE
+from service.ml.train import TrainConfig, train, write_run
 
 DATASET = "mnist-5k"  # embedded: no download, no data folder
 
@@ -28,7 +29,7 @@ def trained_checkpoint(folder: Path, *, seed: int = 0, digits: int = 1000, epoch
     those 1,000 digits: versions that answer differently, as a pinning test needs.
     """
     run_dir = Path(folder) / f"{DATASET}-{digits}digits-{epochs}epochs-seed{seed}"
-    checkpoint = run_dir / CHECKPOINT_NAME
+    checkpoint = run_dir / CHECKPOINT_FILE
     if not checkpoint.exists():  # written atomically: there means complete
         config = TrainConfig(
             dataset=DATASET, limit=digits, epochs=epochs, seed=seed, device="cpu",

@@ -167,8 +167,7 @@ ROUTING_PARAMETERS: dict[str, Any] = {"parameters": [
      "Unknown: 404 listing the known ones; one that cannot be loaded: 503 with the reason."},
     {"name": "version", "in": "query", "required": False, "schema": VERSION_REF,
      "description": "The same pin as X-Model-Version (the header wins when both are sent)."},
-    {"name": "X-Client-Id", "in": "header", "required": False,
-     "schema": {"type": "string", "maxLength": 256},
+    {"name": "X-Client-Id", "in": "header", "required": False, "schema": {"type": "string"},
      "description": "Makes the canary split sticky: the same id always gets the same version."},
 ]}
 X_CACHE = header(
