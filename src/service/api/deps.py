@@ -61,7 +61,9 @@ async def get_shadow(request: Request) -> Shadow:
 
 def pinned_ref(connection: HTTPConnection) -> str | None:
     """The version a request pins (header first, then query), checked for shape; None if none."""
-    ref = connection.headers.get(VERSION_HEADER) or connection.query_params.get(VERSION_QUERY)
+    ref = connection.headers.get(VERSION_HEADER)
+    if ref is None and connection.scope.get("query_string"):  # most requests have no query
+        ref = connection.query_params.get(VERSION_QUERY)
     if ref is None:
         return None
     if not _REF.match(ref):
@@ -75,9 +77,13 @@ def pinned_ref(connection: HTTPConnection) -> str | None:
 def route_request(connection: HTTPConnection) -> Route:
     """Which version should answer this request (pinned, canary or the default alias)."""
     state = connection.app.state
+    router: Router = state.router
+    pinned = pinned_ref(connection)
+    if pinned is None and not router.policy.active:
+        return router.default_route  # the usual request: no header beyond the pin is read
     pool: ModelPool | None = state.pool
-    return state.router.route(  # type: ignore[no-any-return]
-        pinned_ref(connection), connection.headers.get(CLIENT_HEADER),
+    return router.route(
+        pinned, connection.headers.get(CLIENT_HEADER),
         pool.serving if pool is not None else (lambda alias: False),
     )
 

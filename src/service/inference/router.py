@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from service.registry import check_alias
+from service.registry import RegistryError, check_alias
 from service.settings import Settings
 
 PINNED, CANARY, DEFAULT = "pinned", "canary", "default"
@@ -40,12 +40,20 @@ class TrafficPolicy:
                 raise ValueError(f"{role}_percent is {percent:g} but no {role}_alias is set: "
                                  f"name the alias whose version takes that share")
             if alias:
-                check_alias(alias)
+                try:
+                    check_alias(alias)
+                except RegistryError as exc:
+                    raise ValueError(f"{role}_alias: {exc}") from None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TrafficPolicy:
         return cls(settings.canary_alias, settings.canary_percent, settings.shadow_alias,
                    settings.shadow_percent)
+
+    @property
+    def active(self) -> bool:
+        """Whether any unpinned request goes anywhere but the default alias."""
+        return bool(self.canary_percent or self.shadow_percent)
 
     def aliases(self) -> set[str]:
         """The aliases this policy sends traffic to (the pool keeps their versions loaded)."""
@@ -72,7 +80,7 @@ class Router:
         self.default_alias = default_alias
         self.policy = policy
         self._draw = draw
-        self._default = Route(default_alias, DEFAULT)
+        self.default_route = Route(default_alias, DEFAULT)
 
     def route(
         self, pinned: str | None, client_id: str | None,
@@ -83,8 +91,8 @@ class Router:
         if pinned:
             return Route(pinned, PINNED)
         policy = self.policy
-        if not (policy.canary_percent or policy.shadow_percent):
-            return self._default
+        if not policy.active:
+            return self.default_route
         ref, reason = self.default_alias, DEFAULT
         if policy.canary_percent and policy.canary_alias and serving(policy.canary_alias) \
                 and self._bucket(client_id, "canary") < policy.canary_percent:
