@@ -59,5 +59,5 @@ def test_a_policy_that_cannot_work_is_refused_with_why(policy, message):
 
 
 def test_an_alias_that_could_be_a_version_is_refused():
-    with pytest.raises(ValueError, match="canary_alias: .*not of the form v<N>"):
+    with pytest.raises(ValueError, match=r"canary_alias: .*not of the form v<N>"):
         TrafficPolicy(canary_alias="v3", canary_percent=5)
