@@ -108,4 +108,3 @@ async def choose_version(connection: HTTPConnection) -> tuple[ServedVersion, Rou
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 PoolDep = Annotated[ModelPool, Depends(get_pool)]
 RouterDep = Annotated[Router, Depends(get_router)]
-CacheDep = Annotated[PredictionCache, Depends(get_cache)]
