@@ -1,12 +1,14 @@
 """Shadow traffic: a copy of a served request, answered by another version off the response path.
 
-The client's answer never waits for the shadow, and never fails because of it: the copy is a
-background task that is started only after the served answer is known. It is the first thing
-dropped under load: when the served version's batcher already has inputs waiting, when the
-shadow version's has ``MAX_SHADOW_QUEUE`` waiting, or when ``MAX_SHADOW_IN_FLIGHT`` copies are
-still unanswered. Each copy is counted in ``lab2prod_shadow_predictions_total`` by outcome:
-``agree`` or ``disagree`` (the shadow's predicted class against the served one), ``dropped`` or
-``failed``.
+The client's answer never waits for the shadow and never fails because of it: the copy is a
+background task started only after the served answer is known, and it runs on the shadow
+version's own low-priority batcher (``ServedVersion.shadow_batcher``: its thread has the highest
+nice value, so on a shared CPU it only gets the time client requests leave). Copies are dropped
+first under load: while the served version has inputs waiting, once the shadow batcher has
+``SHADOW_QUEUE`` waiting, or while ``MAX_SHADOW_IN_FLIGHT`` copies are unanswered; so they are a
+sample of the quieter moments (docs/benchmarks/versions.md). Each copy is counted in
+``lab2prod_shadow_predictions_total`` by outcome: ``agree`` or ``disagree`` (the shadow's
+predicted class against the served one), ``dropped`` or ``failed``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from service.monitoring import metrics
 
 log = logging.getLogger(__name__)
 MAX_SHADOW_IN_FLIGHT = 64
-MAX_SHADOW_QUEUE = 32
 
 
 class Shadow:
@@ -38,8 +39,9 @@ class Shadow:
         shadow = self.pool.lookup(alias) if self.pool is not None else None
         if shadow is None or shadow.version == served.version:
             return  # not loaded (yet), or the very version that answered: nothing to compare
-        if (served.batcher.depth > 0 or shadow.batcher.depth >= MAX_SHADOW_QUEUE
-                or len(self._tasks) >= MAX_SHADOW_IN_FLIGHT):
+        lane = shadow.shadow_batcher
+        if served.batcher.depth > 0 or lane.depth + len(digits) > lane.max_queue_size \
+                or len(self._tasks) >= MAX_SHADOW_IN_FLIGHT:
             self._count(served, shadow, "dropped", len(digits))
             return
         task = asyncio.get_running_loop().create_task(
@@ -53,7 +55,7 @@ class Shadow:
         served_classes: list[int],
     ) -> None:
         try:
-            rows = await shadow.batcher.submit_many(digits)
+            rows = await shadow.shadow_batcher.submit_many(digits)
         except (QueueFull, BatcherClosed, VersionUnavailable):
             self._count(served, shadow, "dropped", len(digits))
             return

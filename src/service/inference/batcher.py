@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -63,6 +64,7 @@ class MicroBatcher(Generic[In, Out]):
         max_queue_size: int = 1024,
         name: str = "inference",
         on_batch: Callable[[int, float], None] | None = None,
+        niceness: int = 0,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -76,6 +78,7 @@ class MicroBatcher(Generic[In, Out]):
         self.max_queue_size = max_queue_size
         self.name = name
         self.on_batch = on_batch
+        self.niceness = niceness  # > 0: the inference thread yields the CPU to others (Linux)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -166,6 +169,8 @@ class MicroBatcher(Generic[In, Out]):
     # --- the inference thread -----------------------------------------------------------------
 
     def _run(self) -> None:
+        if self.niceness:
+            _lower_thread_priority(self.niceness)
         take = self._queue.get
         take_now = self._queue.get_nowait
         stopping = False
@@ -259,6 +264,16 @@ class MicroBatcher(Generic[In, Out]):
                 self._deliver(
                     entry[2], [entry[1]], None, BatcherClosed(f"the {self.name} batcher shut down")
                 )
+
+
+def _lower_thread_priority(niceness: int) -> None:
+    """Give this thread a higher nice value: Linux schedules threads one by one, so only this
+    inference thread yields the CPU to the others (raising it needs no privilege)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError) as exc:  # not Linux: the thread runs at normal priority
+        logger.info("could not lower the %s thread's priority: %s", threading.current_thread().name,
+                    exc)
 
 
 def _resolve(

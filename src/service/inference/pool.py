@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 FIX = "run `lab2prod release` to train, gate and publish one (or set REGISTRY_URL / MODEL_ALIAS)"
 LOAD_RETRY_S, LOAD_RETRY_MAX_S = 10.0, 300.0
 CATALOG_REFRESH_MIN_S = 1.0  # an unknown pin re-reads the registry at most this often
+SHADOW_NICENESS, SHADOW_QUEUE = 19, 64  # shadow copies: lowest priority, few waiting
 
 
 class VersionNotFound(LookupError):
@@ -72,6 +73,7 @@ class ServedVersion:
     last_used: float = field(default_factory=time.monotonic)
     inputs_served: int = 0  # inputs this version computed (cache hits not counted)
     batcher: MicroBatcher[np.ndarray, np.ndarray] = field(init=False)
+    _shadow_batcher: MicroBatcher[np.ndarray, np.ndarray] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.normalization = self.model.normalization
@@ -91,8 +93,19 @@ class ServedVersion:
         ).start()
         return self
 
+    @property
+    def shadow_batcher(self) -> MicroBatcher[np.ndarray, np.ndarray]:
+        """A second batcher for shadow copies, whose thread runs at the lowest CPU priority: on
+        a shared core it uses only the time client requests leave (started on first use)."""
+        if self._shadow_batcher is None:
+            self._shadow_batcher = MicroBatcher(
+                self.predict, max_batch_size=self.max_batch_size, max_queue_size=SHADOW_QUEUE,
+                name=f"shadow-{self.version}", niceness=SHADOW_NICENESS,
+            ).start()
+        return self._shadow_batcher
+
     def predict(self, digits: list[np.ndarray]) -> list[np.ndarray]:
-        """The batcher's handler (inference thread): uint8 digits -> probability rows."""
+        """The batchers' handler (inference thread): uint8 digits -> probability rows."""
         rows = self._run(digits)
         self.inputs_served += len(digits)
         for index, count in enumerate(np.bincount(rows.argmax(axis=1),
@@ -112,6 +125,8 @@ class ServedVersion:
 
     def close(self) -> None:
         self.batcher.close()
+        if self._shadow_batcher is not None:
+            self._shadow_batcher.close()
 
     def describe(self) -> dict[str, Any]:
         """For GET /admin/models and /model-info."""
