@@ -143,3 +143,16 @@ def test_construction_validates_its_settings_with_a_fix():
         MicroBatcher(squares, max_batch_size=0)
     with pytest.raises(ValueError, match="max_wait_ms must be 0"):
         MicroBatcher(squares, max_wait_ms=-1)
+
+
+async def test_a_low_priority_batcher_lowers_only_its_own_threads_priority():
+    import os
+
+    batcher = MicroBatcher(lambda xs: [x + 1 for x in xs], niceness=10).start()
+    try:
+        assert await batcher.submit(1) == 2  # the thread has started and set its priority
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, batcher._thread.native_id) == max(base, 10)
+        assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the rest of the process is untouched
+    finally:
+        batcher.close()

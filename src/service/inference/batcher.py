@@ -267,10 +267,12 @@ class MicroBatcher(Generic[In, Out]):
 
 
 def _lower_thread_priority(niceness: int) -> None:
-    """Give this thread a higher nice value: Linux schedules threads one by one, so only this
-    inference thread yields the CPU to the others (raising it needs no privilege)."""
+    """Give this thread (at least) this nice value: Linux schedules threads one by one, so only
+    this inference thread yields the CPU to the others (lowering priority needs no privilege)."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+        thread = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, max(niceness, current))
     except (AttributeError, OSError) as exc:  # not Linux: the thread runs at normal priority
         logger.info("could not lower the %s thread's priority: %s", threading.current_thread().name,
                     exc)
