@@ -89,3 +89,28 @@ async def test_a_broken_new_version_is_refused_and_the_old_one_keeps_serving(
     assert "production -> v2" in ready.json()["model"]["alias_failures"]["production"]
     refusals = [r for r in caplog.records if "cannot be served" in r.getMessage()]
     assert len(refusals) == 1, "a broken version is tried once, not on every poll"
+
+
+async def test_a_repaired_version_is_served_when_the_alias_moves_away_and_back(
+    registry_dir, tmp_path, checkpoints
+):
+    """A version that failed to load is not refused for good: moved onto again, it is tried
+    again (a fresh server would serve it; replicas must not diverge)."""
+    settings = settings_for(registry_dir, model_poll_interval_s=0.05)
+    good = checkpoints["v2"].read_bytes()
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(good[:5000])
+    stored = registry_dir / "mnist-cnn" / "v2" / "model.safetensors"
+    async with serving(settings) as (_, client):
+        publish(registry_dir, broken)  # v2 in production, broken
+        await asyncio.sleep(0.5)
+        refused = (await client.get("/ready")).json()
+        stored.write_bytes(good)  # repaired
+        registry = open_registry(registry_dir, "mnist-cnn")
+        registry.rollback()  # production v1 ...
+        await asyncio.sleep(0.3)
+        registry.rollback()  # ... and v2 again
+        await wait_for_version(client, "v2")
+        ready = (await client.get("/ready")).json()
+    assert refused["model"]["version"] == "v1" and "production" in refused["model"]["alias_failures"]
+    assert ready["status"] == "ready" and ready["model"]["alias_failures"] == {}
