@@ -16,13 +16,15 @@ $(BIN)/lab2prod: pyproject.toml
 
 install: $(BIN)/lab2prod
 
-# Debian packages: Fashion-MNIST (full-size runs) and wrk (benchmarks). Needs root or sudo;
-# the test suite does not need them, so a failure here is only a warning.
+# Debian packages: Fashion-MNIST (full-size runs, drift tests), wrk (benchmarks) and Chromium
+# (the drawing page's browser test). Needs root or sudo; a failure here is only a warning (the
+# tests that need one of them then fail and say which).
+SYSTEM_PACKAGES := dataset-fashion-mnist wrk chromium
 system-deps:
-	@if [ ! -d $(FASHION_MNIST) ] || ! command -v wrk >/dev/null; then \
+	@if [ ! -d $(FASHION_MNIST) ] || ! command -v wrk >/dev/null || ! command -v chromium >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist wrk >/dev/null) \
-	  || echo "warning: could not install dataset-fashion-mnist/wrk; benchmarks will need them"; \
+	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null) \
+	  || echo "warning: could not install $(SYSTEM_PACKAGES); the tests and benchmarks that need them will say so"; \
 	fi
 
 run: install

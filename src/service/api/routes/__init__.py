@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from service.api.routes import ops, predict
+from service.api.routes import ops, page, predict
 
 OPTIONAL_MODULES = ("classify", "ws")
 
@@ -24,7 +24,7 @@ Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 
 
 def collect() -> tuple[list[APIRouter], list[Lifespan]]:
-    routers: list[APIRouter] = [predict.router, ops.router]
+    routers: list[APIRouter] = [predict.router, ops.router, page.router]
     lifespans: list[Lifespan] = []
     for name in OPTIONAL_MODULES:
         module_name = f"{__name__}.{name}"
