@@ -7,7 +7,7 @@
 #          docker build --target lab -t lab2prod-lab .
 # CPU PyTorch by default; a CUDA build takes PyTorch's CUDA wheels, which bring their own CUDA
 # libraries (the node needs only the NVIDIA driver and container toolkit):
-#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124 -t lab2prod:gpu .
+#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t lab2prod:gpu .
 #   (optionally --build-arg BASE_IMAGE=<a CUDA runtime image with Python 3.11 as `python`>)
 # An object-storage registry (REGISTRY_URL=s3://..., gs://...) needs its fsspec package:
 #   --build-arg EXTRA_PACKAGES="s3fs==2024.12.0"
