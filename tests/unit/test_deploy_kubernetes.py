@@ -308,13 +308,14 @@ def test_pods_run_as_the_images_non_root_user(render: dict[tuple[str, str], dict
         assert pod["automountServiceAccountToken"] is False
 
 
-def test_the_placeholder_secret_is_marked_and_its_admin_token_refused():
+def test_the_placeholder_secret_is_marked_and_its_admin_token_refused(
+    render: dict[tuple[str, str], dict[str, Any]],
+):
     from pydantic import ValidationError
 
     from service.settings import PLACEHOLDER, Settings
 
-    for overlay in OVERLAYS:
-        (secret,) = [doc for doc in kustomize(overlay) if doc["kind"] == "Secret"]
-        assert all(PLACEHOLDER in value for value in secret["stringData"].values())
-        with pytest.raises(ValidationError, match=PLACEHOLDER):
-            Settings(_env_file=None, admin_token=secret["stringData"]["ADMIN_TOKEN"])
+    secret = render[("Secret", "lab2prod-secrets")]["stringData"]
+    assert all(PLACEHOLDER in value for value in secret.values())
+    with pytest.raises(ValidationError, match=PLACEHOLDER):
+        Settings(_env_file=None, admin_token=secret["ADMIN_TOKEN"])
