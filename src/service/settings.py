@@ -14,6 +14,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# How the deploy files mark a secret value that must be replaced before use.
+PLACEHOLDER = "REPLACE-ME"
+
 RuntimeName = Literal[
     "auto", "eager", "torchscript", "compile", "onnx", "onnx-int8", "int8", "channels-last"
 ]
@@ -113,6 +116,10 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("admin_token must be at least 16 characters (e.g. `openssl rand "
                              "-hex 16`), or unset to turn the admin API off")
+        if value is not None and PLACEHOLDER in value.get_secret_value().upper():
+            raise ValueError(f"admin_token is a {PLACEHOLDER} placeholder (deploy/k8s/components/"
+                             "placeholder-secret); set a real one (`openssl rand -hex 16`) or "
+                             "unset it to turn the admin API off")
         return value
 
     @field_validator("registry_url")

@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 import pytest
 from PIL import Image
-from support.docker import dockerfile_instructions, exec_form
+from support.docker import dockerfile_stage, exec_form
 from support.models import fresh_checkpoint
 from support.registry import publish
 from support.servers import LAB2PROD, ServeProcess, free_port, lab2prod_env
@@ -163,7 +163,7 @@ def test_a_decompression_bomb_upload_does_not_hurt_the_server(server: ServeProce
 def test_the_images_healthcheck_command_passes_live_and_fails_without_a_server(
     server: ServeProcess,
 ):
-    (healthcheck,) = [a for k, a in dockerfile_instructions() if k == "HEALTHCHECK"]
+    (healthcheck,) = dockerfile_stage("serve").arguments("HEALTHCHECK")
     command = exec_form(healthcheck)
     command[0] = sys.executable  # the image's `python`
     live = subprocess.run(command, env={"PORT": str(server.port)}, capture_output=True, timeout=30)

@@ -7,7 +7,9 @@
 - ``uploads``: images as users upload them
 - ``servers``: real processes on free ports (redis-server, ``lab2prod serve``/``worker``)
 - ``rabbitmq``: the shared RabbitMQ: reachability, a queue per test, its counts and cleanup
-- ``docker``: reading the Dockerfile's instructions
+- ``docker``: reading the Dockerfile's instructions and stages, and what .dockerignore sends
+- ``deploy``: the deploy files as Compose and kustomize render them, and what the lab2prod
+  commands in them would do (CLI parse, settings, the port bound)
 
 Fixtures built on these live in the conftest.py files.
 """
