@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.errors import install_error_handlers
 from service.api.openapi import install_openapi, operation_id
-from service.api.routes import admin, collect, predict
+from service.api.routes import admin, collect, predict, v2
 from service.api.shadow import Shadow
 from service.inference.cache import PredictionCache
 from service.inference.pool import ModelPool
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
     app.state.shadow = Shadow(None)
     app.state.cache = PredictionCache.from_settings(settings)
     app.state.ready_checks = {}
-    app.router.routes[:0] = predict.FAST_ROUTES  # the hot path first: see routes/predict.py
+    app.router.routes[:0] = [*predict.FAST_ROUTES, *v2.FAST_ROUTES]  # first: routes/fast.py
     for router in routers:
         app.include_router(router)
     if settings.admin_token is not None:  # without a token the admin API does not exist (404)
