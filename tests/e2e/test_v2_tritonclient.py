@@ -101,6 +101,9 @@ def test_binary_inputs_and_outputs_carry_the_same_answers_as_json(client, checkp
         for name in ("probabilities", "digit"):
             assert (as_binary.as_numpy(name) == as_json.as_numpy(name)).all(), name
             assert as_binary.get_output(name)["parameters"]["binary_data_size"] > 0
+    compressed = client.infer(MODEL, [pixels_input(images, binary=True)],
+                              outputs=outputs(binary=True), response_compression_algorithm="gzip")
+    assert (compressed.as_numpy("probabilities") == as_json.as_numpy("probabilities")).all()
     # No outputs named: tritonclient asks for every output in binary (binary_data_output).
     default = client.infer(MODEL, [pixels_input(images, binary=True)])
     assert (default.as_numpy("digit") == direct_predictions(checkpoints["v1"], images)).all()

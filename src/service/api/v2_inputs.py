@@ -15,6 +15,7 @@ extension: Triton's docs/protocol/extension_binary_data.md.
 
 from __future__ import annotations
 
+import math
 from array import array as typed_array
 from dataclasses import dataclass
 from itertools import chain
@@ -210,7 +211,7 @@ def _values_from_json(
     data: object, datatype: str, shape: list[int], may_hold_bools: bool
 ) -> np.ndarray:
     """``data``, flat or nested as ``shape``, as a flat array of int or float values."""
-    count = int(np.prod(shape))
+    count = math.prod(shape)
     if isinstance(data, list) and len(data) == count and datatype == "UINT8" \
             and not may_hold_bools:
         # The usual body, flat ints in 0..255: one C loop that also checks type and range.

@@ -113,6 +113,16 @@ async def test_the_binary_form_over_http(registry_dir):
     assert short.status_code == 400 and "2351 bytes after the JSON" in short.json()["error"]
 
 
+async def test_a_large_answer_is_gzipped_only_for_a_client_that_accepts_it(registry_dir):
+    body = infer_body(held_out_digits(64)[0])
+    async with serving(settings_for(registry_dir)) as (_, client):
+        asked = await client.post(INFER, json=body, headers={"Accept-Encoding": "gzip"})
+        plain = await client.post(INFER, json=body, headers={"Accept-Encoding": "identity"})
+    assert asked.headers["content-encoding"] == "gzip"
+    assert "content-encoding" not in plain.headers
+    assert asked.json() == plain.json()
+
+
 @pytest.mark.parametrize(("case", "path", "body", "headers", "status", "message"), [
     ("an unknown model", "/v2/models/resnet/infer", {}, {}, 404, "unknown model 'resnet'"),
     ("an unknown version", "/v2/models/mnist-cnn/versions/v9/infer", {}, {}, 404, "'v9'"),

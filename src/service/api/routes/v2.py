@@ -159,6 +159,11 @@ async def infer(request: Request, version: str | None) -> Response:
     return Response(content, media_type=BINARY, headers=headers)
 
 
+def is_infer_path(path: str) -> bool:
+    """Whether a request path is one of the infer routes' (api.app's GZip reads it)."""
+    return path.startswith("/v2/models/") and path.endswith("/infer")
+
+
 def check_model(model: str, settings: Settings) -> None:
     if model != settings.model_name:
         raise HTTPException(404, f"unknown model {model[:80]!r}; this server serves "
