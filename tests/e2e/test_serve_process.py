@@ -34,12 +34,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    running = ServeProcess(registry, tmp_path_factory.mktemp("serve"), ACCESS_LOG="true")
-    try:
-        running.wait_ready()
+    with ServeProcess(registry, tmp_path_factory.mktemp("serve"), ACCESS_LOG="true") as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_predict_over_real_http_json_image_and_batch(server: ServeProcess):

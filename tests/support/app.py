@@ -1,10 +1,11 @@
-"""The real app in-process: test settings, and the app with its lifespan over httpx's ASGI
-transport (HTTP semantics, no socket)."""
+"""The real app in-process: test settings, the app with its lifespan over httpx's ASGI
+transport (HTTP semantics, no socket), and waiting for what it does off the response path."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +39,12 @@ async def serving(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncCli
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://serving") as client:
             yield app, client
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Until ``condition()`` holds (e.g. a background task's counter moved); fails after
+    ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)

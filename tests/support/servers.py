@@ -99,7 +99,8 @@ def lab2prod_env(registry: Path | None, **extra: str) -> dict[str, str]:
 
 
 class ServeProcess:
-    """A real `lab2prod serve` on a free port of 127.0.0.1, its log in ``workdir``."""
+    """A real `lab2prod serve` on a free port of 127.0.0.1, its log in ``workdir``. As a context
+    manager: ready on entry, stopped on exit (also when it never got ready)."""
 
     def __init__(self, registry: Path | None, workdir: Path, *args: str, **env: str) -> None:
         self.port = free_port()
@@ -124,6 +125,17 @@ class ServeProcess:
             time.sleep(0.1)
         tail = self.log.read_text()[-2000:]
         raise AssertionError(f"lab2prod serve not ready in {timeout}s: {tail}")
+
+    def __enter__(self) -> ServeProcess:
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def stop(self) -> int:
         """SIGTERM (SIGKILL after 20 s); returns the exit code."""

@@ -91,6 +91,19 @@ def test_body_sets_hold_json_png_uploads_and_batches(tmp_path):
     assert sets["batch"].items_per_body == 4
 
 
+def test_the_v2_set_sends_the_json_sets_digits_in_order_and_walks_one_sequence_with_it(tmp_path):
+    sets = bodies.build_body_sets(tmp_path, distinct=40, png_count=1, batch_bodies=1,
+                                  batch_items=2, model_name="digits")
+    v2 = [json.loads(body)["inputs"] for body in bodies.read_bodies(sets["v2"].path)]
+    pixels = [json.loads(body)["pixels"] for body in bodies.read_bodies(sets["json"].path)]
+    assert [tensor["data"] for (tensor,) in v2] == pixels
+    assert {(t["name"], tuple(t["shape"]), t["datatype"]) for (t,) in v2} == {
+        ("pixels", (1, 784), "UINT8")}
+    assert sets["v2"].route == "/v2/models/digits/infer"
+    assert sets["v2"].sequence == sets["json"].sequence == "json"
+    assert sets["png"].sequence == "png"
+
+
 class _Recorder(http.server.BaseHTTPRequestHandler):
     seen: ClassVar[list[bytes]] = []
 

@@ -118,12 +118,14 @@ def test_the_pixels_schema_accepts_exactly_what_the_service_accepts(case: str):
 
 
 def test_every_error_answer_declares_its_json_body_and_every_answer_its_request_id():
+    """Our error body, or under /v2 the Open Inference Protocol's ``{"error": ...}``."""
     whole = document()
     for operation, status, response in responses(whole):
         assert "X-Request-ID" in response["headers"], (operation, status)
         if int(status) >= 400:
             (schema,) = [media["schema"] for media in response["content"].values()]
-            expected = "ReadyOut" if operation == "GET /ready" else "ErrorOut"
+            expected = {"GET /ready": "ReadyOut"}.get(operation) or (
+                "V2ErrorOut" if operation.split()[1].startswith("/v2") else "ErrorOut")
             assert schema == {"$ref": f"#/components/schemas/{expected}"}, (operation, status)
         if status == "503" and operation != "GET /ready":
             assert "Retry-After" in response["headers"], operation
@@ -154,6 +156,35 @@ def test_the_routes_that_answer_with_a_model_take_a_pin_and_name_the_version_tha
     for path in ("/predict", "/predict/batch"):
         headers = whole["paths"][path]["post"]["responses"]["200"]["headers"]
         assert headers["X-Model-Version"]["required"]
+
+
+def test_the_v2_protocol_operations_name_this_instances_model_and_batch_limit():
+    whole = document(model_name="digits", batch_max_items=7)
+    infer = whole["paths"]["/v2/models/{model}/versions/{version}/infer"]["post"]
+    parameters = {p["name"]: p for p in infer["parameters"]}
+    assert parameters["model"]["schema"] == {"type": "string", "enum": ["digits"]}
+    assert parameters["version"]["schema"]["pattern"]
+    assert parameters["Inference-Header-Content-Length"]["in"] == "header"
+    assert set(infer["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
+    assert set(infer["responses"]["200"]["content"]) == {"application/json",
+                                                          "application/octet-stream"}
+    for shape in whole["components"]["schemas"]["V2ShapeIn"]["anyOf"]:
+        assert (shape["prefixItems"][0]["minimum"], shape["prefixItems"][0]["maximum"]) == (1, 7)
+
+
+def test_the_v2_protocol_routes_declare_the_statuses_they_answer():
+    whole = document()
+    declared = {
+        f"{method.upper()} {path}": set(operation["responses"])
+        for path, item in whole["paths"].items() if path.startswith("/v2")
+        for method, operation in item.items()
+    }
+    for infer in ("/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer"):
+        assert declared[f"POST {infer}"] == {"200", "400", "404", "413", "415", "500", "503"}
+    assert declared["GET /v2/health/live"] == {"200"}
+    assert declared["GET /v2/health/ready"] == {"200", "503"}
+    assert declared["GET /v2/models/{model}/versions/{version}"] == {"200", "404", "503"}
+    assert declared["GET /v2/models/{model}/ready"] == {"200", "404", "503"}
 
 
 def test_the_websocket_is_not_an_http_operation_and_its_protocol_is_in_the_description():

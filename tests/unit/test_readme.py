@@ -61,7 +61,7 @@ def test_every_endpoint_readme_names_is_served():
     paths = set(app.openapi()["paths"]) | set(websocket_routes(app)) | {app.docs_url}
     named = {
         path
-        for path in re.findall(r"`(?:GET |POST )?(/[a-z/_{}-]+)`", README)
+        for path in re.findall(r"`(?:GET |POST )?(/[a-z0-9/_{}-]+)`", README)
         if not path.startswith("/usr/")  # a data folder, not an endpoint
     }
     assert {"/predict", "/predict/batch", "/health", "/ready", "/model-info", "/metrics"} <= named

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.errors import install_error_handlers
 from service.api.openapi import install_openapi, operation_id
-from service.api.routes import admin, collect, predict
+from service.api.routes import admin, collect, predict, v2
 from service.api.shadow import Shadow
 from service.inference.cache import PredictionCache
 from service.inference.pool import ModelPool
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
     app.state.shadow = Shadow(None)
     app.state.cache = PredictionCache.from_settings(settings)
     app.state.ready_checks = {}
-    app.router.routes[:0] = predict.FAST_ROUTES  # the hot path first: see routes/predict.py
+    app.router.routes[:0] = [*predict.FAST_ROUTES, *v2.FAST_ROUTES]  # first: routes/fast.py
     for router in routers:
         app.include_router(router)
     if settings.admin_token is not None:  # without a token the admin API does not exist (404)
@@ -86,27 +86,40 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
     install_openapi(app, settings)
     app.add_middleware(
         GZipForLargeBodies, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=6,
-        small_paths=frozenset({"/predict"}),
+        small_paths=frozenset({"/predict"}), only_if_asked=v2.is_infer_path,
     )
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)  # outermost
     return app
 
 
 class GZipForLargeBodies:
-    """GZip, except on routes whose answers are always under ``minimum_size`` (a /predict answer
-    is about 250 bytes): GZip would pass them through unchanged anyway, after parsing headers
-    on every request (a tenth of the hot path's time, docs/benchmarks)."""
+    """GZip, except where it would pass the answer through unchanged anyway, after parsing its
+    headers (a tenth of the hot path's time, docs/benchmarks): on routes whose answers are always
+    under ``minimum_size`` (a /predict answer is about 250 bytes), and on hot routes whose
+    answers may be large (``only_if_asked``: the v2 protocol's infer) when the client does not
+    accept gzip."""
 
-    def __init__(self, app: ASGIApp, *, small_paths: frozenset[str], **options: Any) -> None:
+    def __init__(
+        self, app: ASGIApp, *, small_paths: frozenset[str], only_if_asked: Callable[[str], bool],
+        **options: Any,
+    ) -> None:
         self.app = app
         self.gzip = GZipMiddleware(app, **options)
         self.small_paths = small_paths
+        self.only_if_asked = only_if_asked
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in self.small_paths:
+        if scope["type"] == "http" and (
+            scope["path"] in self.small_paths
+            or (self.only_if_asked(scope["path"]) and not _accepts_gzip(scope))
+        ):
             await self.app(scope, receive, send)
         else:
             await self.gzip(scope, receive, send)
+
+
+def _accepts_gzip(scope: Scope) -> bool:
+    return any(name == b"accept-encoding" and b"gzip" in value for name, value in scope["headers"])
 
 
 async def _start(app: FastAPI, settings: Settings, stack: contextlib.AsyncExitStack) -> None:

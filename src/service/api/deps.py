@@ -9,7 +9,8 @@ The hot routes (routes/predict.py) call the same functions directly, without Fas
 per-request machinery. All are ``async def`` so FastAPI resolves them on the event loop.
 
 ``choose_version`` is the one way a request becomes a served version: a pinned version
-(``X-Model-Version`` header or ``?version=``), else the traffic policy, else ``MODEL_ALIAS``.
+(``X-Model-Version`` header or ``?version=``; the v2 protocol's routes pin with their path
+instead), else the traffic policy, else ``MODEL_ALIAS``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ NO_MODEL = (
     "submit to POST /classify, or run `lab2prod serve` with LOAD_MODEL=true"
 )
 VERSION_HEADER, CLIENT_HEADER, VERSION_QUERY = "x-model-version", "x-client-id", "version"
-_REF = re.compile(r"^(v[0-9]{1,9}|[A-Za-z][A-Za-z0-9_.-]{0,63})$")
+REF_PATTERN = re.compile(r"^(v[0-9]{1,9}|[A-Za-z][A-Za-z0-9_.-]{0,63})$")  # a version or alias
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -66,7 +67,7 @@ def pinned_ref(connection: HTTPConnection) -> str | None:
         ref = connection.query_params.get(VERSION_QUERY)
     if ref is None:
         return None
-    if not _REF.match(ref):
+    if not REF_PATTERN.match(ref):
         raise InputError(
             f"model version {ref[:80]!r} is neither a version (v3) nor an alias name "
             "(letters, digits, '.', '_', '-'); send e.g. X-Model-Version: v3", 422,
@@ -76,9 +77,13 @@ def pinned_ref(connection: HTTPConnection) -> str | None:
 
 def route_request(connection: HTTPConnection) -> Route:
     """Which version should answer this request (pinned, canary or the default alias)."""
+    return route_for(connection, pinned_ref(connection))
+
+
+def route_for(connection: HTTPConnection, pinned: str | None) -> Route:
+    """The route of a request pinned to ``pinned`` (a checked version or alias), or unpinned."""
     state = connection.app.state
     router: Router = state.router
-    pinned = pinned_ref(connection)
     if pinned is None and not router.policy.active:
         return router.default_route  # the usual request: no header beyond the pin is read
     pool: ModelPool | None = state.pool
@@ -88,15 +93,19 @@ def route_request(connection: HTTPConnection) -> Route:
     )
 
 
-async def choose_version(connection: HTTPConnection) -> tuple[ServedVersion, Route]:
-    """The served version for this request, loaded if it is pinned and not loaded yet.
+async def choose_version(
+    connection: HTTPConnection, route: Route | None = None
+) -> tuple[ServedVersion, Route]:
+    """The served version for this request (for ``route``, else ``route_request``'s), loaded if
+    it is pinned and not loaded yet.
 
     404 (VersionNotFound) for a name the registry does not know, 503 (VersionUnavailable) for
     one that cannot be loaded now, 503 without a model on this instance."""
     pool: ModelPool | None = connection.app.state.pool
     if pool is None:
         raise ServiceUnavailable(NO_MODEL)
-    route = route_request(connection)
+    if route is None:
+        route = route_request(connection)
     served = pool.lookup(route.ref)
     if served is None:
         if not pool.ready:

@@ -1,4 +1,5 @@
-"""Every refusal as JSON ``{"detail": ..., "request_id": ...}`` with the right status.
+"""Every refusal as JSON ``{"detail": ..., "request_id": ...}`` with the right status; under
+/v2 (the Open Inference Protocol) as that protocol's ``{"error": ...}``, same status.
 
 4xx for what the client sent (InputError carries its own status), 503 + Retry-After when the
 service cannot take the request now (queue full, model not loaded, out of memory, timeout),
@@ -16,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from service.api.encoding import v2_error
 from service.api.inputs import InputError
 from service.api.serving import InferenceFailed, InferenceTimeout
 from service.inference.batcher import BatcherClosed, QueueFull
@@ -24,6 +26,7 @@ from service.monitoring import metrics
 from service.observability import request_id_var
 
 logger = logging.getLogger(__name__)
+V2_PATHS = "/v2"  # the protocol's routes (routes/v2.py), answered in its error format
 
 
 class ServiceUnavailable(RuntimeError):
@@ -41,15 +44,26 @@ def error_response(
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
+def _refuse(
+    request: Request, status: int, detail: str, headers: dict[str, str] | None = None
+) -> Response:
+    """The error answer in the format of the protocol the request speaks."""
+    path: str = request.scope["path"]
+    if path == V2_PATHS or path.startswith(V2_PATHS + "/"):
+        return Response(v2_error(detail), status_code=status, media_type="application/json",
+                        headers=headers)
+    return error_response(status, detail, headers)
+
+
 async def _input_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, InputError)
-    return error_response(exc.status_code, exc.message)
+    return _refuse(request, exc.status_code, exc.message)
 
 
 async def _queue_full(request: Request, exc: Exception) -> Response:
     metrics.REJECTED.labels("queue_full").inc()
     retry = getattr(exc, "retry_after", 1)
-    return error_response(503, str(exc), {"Retry-After": str(retry)})
+    return _refuse(request, 503, str(exc), {"Retry-After": str(retry)})
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
@@ -59,23 +73,24 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
     }.get(type(exc), "unavailable")
     metrics.REJECTED.labels(reason).inc()
     retry = max(1, math.ceil(getattr(exc, "retry_after", None) or 1))
-    return error_response(503, str(exc), {"Retry-After": str(retry)})
+    return _refuse(request, 503, str(exc), {"Retry-After": str(retry)})
 
 
 async def _version_not_found(request: Request, exc: Exception) -> Response:
-    return error_response(404, str(exc))
+    return _refuse(request, 404, str(exc))
 
 
 async def _inference_failed(request: Request, exc: Exception) -> Response:
     request_id = request_id_var.get()
-    return error_response(
-        500, f"{exc}; the log has the details under request id {request_id}"
+    return _refuse(
+        request, 500, f"{exc}; the log has the details under request id {request_id}"
     )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}) or None)
+    headers = dict(exc.headers or {}) or None
+    return _refuse(request, exc.status_code, str(exc.detail), headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -84,7 +99,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
         f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg')}"
         for error in exc.errors()
     )
-    return error_response(422, problems or "invalid request")
+    return _refuse(request, 422, problems or "invalid request")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -5,7 +5,7 @@ place, so that every ``$ref`` resolves and the document describes this instance:
 
 - the request bodies' definitions: the hot routes parse bodies themselves (routes/predict.py),
   so they name their models with ``$ref``s into ``components/schemas`` (``schemas.ref``);
-- limits that are settings (BATCH_MAX_ITEMS);
+- what is a setting: BATCH_MAX_ITEMS, and MODEL_NAME in the v2 protocol's paths;
 - the error body of validation errors: errors.py answers them as ``ErrorOut``, not as FastAPI's
   ``HTTPValidationError``;
 - the ``X-Request-ID`` header, on every answer (observability.RequestContextMiddleware);
@@ -23,7 +23,8 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import WebSocketRoute
 
-from service.api.schemas import COMPONENTS, REQUEST_MODELS, BatchIn, ErrorOut
+from service.api.schemas import COMPONENTS, REQUEST_MODELS, VERSION_REF, BatchIn, ErrorOut
+from service.api.v2_schemas import V2_MODELS, V2ShapeIn
 from service.settings import Settings
 
 REQUEST_ID = {
@@ -60,11 +61,12 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
 def complete(document: dict[str, Any], app: FastAPI, settings: Settings) -> dict[str, Any]:
     """FastAPI's ``document``, completed in place (see the module docstring), and returned."""
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
-    for model in REQUEST_MODELS:
+    for model in (*REQUEST_MODELS, *V2_MODELS):
         definition = model.model_json_schema(ref_template=COMPONENTS + "{model}")
         schemas.update(definition.pop("$defs", {}))
         schemas[model.__name__] = definition
     schemas[BatchIn.__name__]["properties"]["items"]["maxItems"] = settings.batch_max_items
+    _state_v2_settings(document, settings)
     _answer_validation_errors_with_error_out(document)
     for operation in _operations(document):
         for response in operation["responses"].values():
@@ -95,6 +97,26 @@ def websocket_docs(app: FastAPI) -> str:
         return ""
     intro = "The HTTP operations are listed below. The WebSocket ones, which OpenAPI cannot list:"
     return "\n\n".join([intro, *sections])
+
+
+def _state_v2_settings(document: dict[str, Any], settings: Settings) -> None:
+    """The v2 paths name this instance's model, and its shapes its largest batch. Their path
+    parameters are plain strings that FastAPI never refuses (an unknown name is 404), so their
+    operations have no 422."""
+    for shape in document["components"]["schemas"][V2ShapeIn.__name__]["anyOf"]:
+        shape["prefixItems"][0]["maximum"] = settings.batch_max_items
+    path_schemas = {"model": {"type": "string", "enum": [settings.model_name]},
+                    "version": VERSION_REF}
+    for path, path_item in document.get("paths", {}).items():
+        if not path.startswith("/v2"):
+            continue
+        for method, operation in path_item.items():
+            if method not in METHODS:
+                continue
+            operation["responses"].pop("422", None)
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "path" and parameter["name"] in path_schemas:
+                    parameter["schema"] = path_schemas[parameter["name"]]
 
 
 def _answer_validation_errors_with_error_out(document: dict[str, Any]) -> None:

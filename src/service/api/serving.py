@@ -1,9 +1,9 @@
-"""From validated digits to answer bytes, for one served version: cache, batcher, cache again.
+"""From validated digits to answers, for one served version: cache, batcher, cache again.
 
-Shared by POST /predict, POST /predict/batch, /ws/predict and the embedded job worker's twin.
-Every version has its own batcher, so the version that computes an answer is the version the
-request was routed to: answers are cached and labelled under it, and a cache entry never
-crosses versions.
+Shared by POST /predict, POST /predict/batch, /ws/predict, the v2 protocol's infer and the
+embedded job worker's twin. Every version has its own batcher, so the version that computes an
+answer is the version the request was routed to: answers are cached and labelled under it, and a
+cache entry never crosses versions.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from service.api.encoding import prediction_json
+from service.api.encoding import prediction_json, probabilities_of
 from service.api.inputs import Payload
 from service.inference.batcher import BatcherClosed, QueueFull
 from service.inference.cache import PredictionCache, cache_key
@@ -78,16 +78,44 @@ async def predict_digits(
     """Several digits -> (their prediction JSON in order, how many came from the cache).
 
     The misses go to the batcher together, so they share forward passes."""
+    bodies, computed = await _cached_or_computed(
+        digits, served=served, cache=cache, timeout_s=timeout_s
+    )
+    return bodies, len(digits) - len(computed)
+
+
+async def predict_rows(
+    digits: list[np.ndarray], *, served: ServedVersion, cache: PredictionCache, timeout_s: float
+) -> tuple[np.ndarray, int]:
+    """Several digits -> (their probabilities [N, C] in order, how many came from the cache).
+
+    The same cache entries as ``predict_digits`` (a hit is the cached prediction JSON read
+    back), so a digit asked through the v2 protocol and through /predict is computed once."""
+    bodies, computed = await _cached_or_computed(
+        digits, served=served, cache=cache, timeout_s=timeout_s
+    )
+    rows = [computed[i] if i in computed else probabilities_of(body)
+            for i, body in enumerate(bodies)]
+    return np.stack(rows), len(digits) - len(computed)
+
+
+async def _cached_or_computed(
+    digits: list[np.ndarray], *, served: ServedVersion, cache: PredictionCache, timeout_s: float
+) -> tuple[list[bytes], dict[int, np.ndarray]]:
+    """(every digit's prediction JSON, the probability rows computed now by index); the misses
+    are computed in one submission to the version's batcher and cached."""
     keys = [cache_key(served.version, digit) for digit in digits]
-    bodies = await cache.get_many(keys)
-    missing = [index for index, body in enumerate(bodies) if body is None]
+    cached = await cache.get_many(keys)
+    missing = [index for index, body in enumerate(cached) if body is None]
+    computed: dict[int, np.ndarray] = {}
     if missing:
         rows = await _run(served.batcher.submit_many([digits[i] for i in missing]), timeout_s)
         for index, row in zip(missing, rows, strict=True):
             body = prediction_json(row, served.version)
             cache.put(keys[index], body)
-            bodies[index] = body
-    return [body for body in bodies if body is not None], len(digits) - len(missing)
+            cached[index] = body
+            computed[index] = row
+    return [body for body in cached if body is not None], computed
 
 
 async def _run(awaitable: Awaitable[T], timeout_s: float) -> T:

@@ -32,6 +32,13 @@ class BodySet:
     route: str
     count: int
     items_per_body: int = 1
+    digits: str = ""  # the digit sequence it sends, when another set sends it too (else its name)
+
+    @property
+    def sequence(self) -> str:
+        """What the bench's cursor walks: sets that send the same digits in the same order walk
+        one sequence together, so that one set never repeats a digit the other sent lately."""
+        return self.digits or self.name
 
 
 def distinct_digits(count: int, seed: int = 0) -> np.ndarray:
@@ -60,6 +67,12 @@ def distinct_digits(count: int, seed: int = 0) -> np.ndarray:
 
 def json_body(digit: np.ndarray) -> bytes:
     return orjson.dumps({"pixels": digit.reshape(-1).tolist()})
+
+
+def v2_body(digit: np.ndarray) -> bytes:
+    """One digit as an Open Inference Protocol (v2) JSON inference request."""
+    return orjson.dumps({"inputs": [{"name": "pixels", "shape": [1, digit.size],
+                                     "datatype": "UINT8", "data": digit.reshape(-1).tolist()}]})
 
 
 def batch_body(digits: np.ndarray) -> bytes:
@@ -109,10 +122,13 @@ def read_bodies(path: Path) -> list[bytes]:
 def build_body_sets(
     folder: Path, *, distinct: int = 2048, png_count: int = 1024, batch_bodies: int = 512,
     batch_items: int = 16, png_sides: tuple[int, int] = (28, 400), seed: int = 0,
+    model_name: str = "mnist-cnn",
 ) -> dict[str, BodySet]:
-    """json (distinct), json-same (one body), png (distinct, 28..400 px), batch (distinct).
+    """json (distinct), json-same (one body), v2 (json's digits as v2 protocol requests),
+    png (distinct, 28..400 px), batch (distinct).
 
-    Each set gets its own digits, so no body of one set repeats a digit of another. A batch
+    Each set gets its own digits, so no body of one set repeats a digit of another, except v2:
+    it sends json's digits in json's order, walked as one sequence with json's. A batch
     request holds 16 digits: at c=64 that keeps 1,024 digits in flight, the default
     MAX_QUEUE_SIZE (more would be refused with 503 by design, not measured as throughput)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -124,12 +140,16 @@ def build_body_sets(
     rng = np.random.default_rng(seed + 1)
     sets: dict[str, BodySet] = {}
 
-    def add(name: str, bodies: list[bytes], content_type: str, route: str, items: int = 1) -> None:
+    def add(name: str, bodies: list[bytes], content_type: str, route: str, items: int = 1,
+            digits: str = "") -> None:
         path = folder / f"{name}.bodies"
-        sets[name] = BodySet(name, path, content_type, route, write_bodies(path, bodies), items)
+        sets[name] = BodySet(name, path, content_type, route, write_bodies(path, bodies), items,
+                             digits)
 
     add("json", [json_body(d) for d in json_digits], JSON, "/predict")
     add("json-same", [json_body(same_digit)], JSON, "/predict")
+    add("v2", [v2_body(d) for d in json_digits], JSON, f"/v2/models/{model_name}/infer",
+        digits="json")
     boundary = f"lab2prod-{uuid.uuid4().hex}"
     sides = rng.integers(png_sides[0], png_sides[1] + 1, png_count)
     uploads = [png_upload(d, int(side), paper=bool(i % 2))

@@ -6,6 +6,7 @@ shared machine spread over all of them. Figures are medians over rounds, with th
 
 Targets (a server and a body set):
   ours, tutorial, threadpool, litserve   JSON pixels, >= 1,000 distinct digits (misses)
+  ours-v2                                the same digits as v2 protocol JSON (POST /v2/.../infer)
   ours-png                               PNG uploads 28..400 px, distinct (misses)
   ours-batch                             POST /predict/batch, 16 distinct digits a request
   ours-hit-memory                        one body repeated: in-process LRU hits
@@ -45,6 +46,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "tutorial": ("tutorial", "json"),
     "threadpool": ("threadpool", "json"),
     "litserve": ("litserve", "json"),
+    "ours-v2": ("ours", "v2"),
     "ours-png": ("ours", "png"),
     "ours-batch": ("ours", "batch"),
     "ours-hit-memory": ("ours", "json-same"),
@@ -247,7 +249,7 @@ def check_one_request(server: Server, body_set: bodies_module.BodySet) -> None:
     except Exception as exc:
         raise BenchError(f"{server.spec.name} did not answer {body_set.name} on {body_set.route}"
                          f" ({exc}); the end of its log:\n{server.log_tail()}") from exc
-    if "predictions" not in payload and "digit" not in payload:
+    if not {"predictions", "digit", "outputs"} & set(payload):
         raise BenchError(f"{server.spec.name} answered {body_set.name} with {str(payload)[:200]}")
 
 
@@ -266,7 +268,8 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     log_dir = run_dir / "logs"
     started = time.time()
     log.info("building request bodies (%d distinct digits) in %s", config.distinct, run_dir)
-    body_sets = bodies_module.build_body_sets(run_dir / "bodies", distinct=config.distinct)
+    body_sets = bodies_module.build_body_sets(run_dir / "bodies", distinct=config.distinct,
+                                              model_name=config.model_name)
     registry = publish_registry(config.checkpoint, run_dir, config.model_name)
     wanted_servers = {TARGETS[t][0] for t in config.targets}
     need_redis = "ours-redis" in wanted_servers or config.workers > 0
@@ -290,14 +293,15 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         for target in config.targets:
             server_name, body_name = TARGETS[target]
             check_one_request(servers[server_name], body_sets[body_name])
-            cursor.advance(server_name, body_name, 1)
+            cursor.advance(server_name, body_sets[body_name].sequence, 1)
         log.info("warming up every target for %.0f s at concurrency 8", config.warmup_s)
         for target in config.targets:
             server_name, body_name = TARGETS[target]
+            sequence = body_sets[body_name].sequence
             result = wrk.run(servers[server_name].spec.url, body_sets[body_name], connections=8,
                              seconds=config.warmup_s, cpu=config.client_cpu,
-                             start=cursor.at(server_name, body_name), script=config.wrk_script)
-            cursor.advance(server_name, body_name, result.requests + 8)
+                             start=cursor.at(server_name, sequence), script=config.wrk_script)
+            cursor.advance(server_name, sequence, result.requests + 8)
         for name in sorted(wanted_servers):
             memory[name] = {"after_warmup": servers[name].memory()}
         total = config.rounds * len(config.concurrencies) * len(config.targets)
@@ -371,18 +375,19 @@ def _cpu_ms_per_call(work: Callable[[bytes], None], inputs: list[bytes]) -> floa
 
 
 class Cursor:
-    """Where each server's walk through a body set stands, so that the next run goes on from
-    there: a body comes back only after the whole cycle, never while its answer may still be
-    in the server's cache (requests in flight when a run stops are skipped too)."""
+    """Where each server's walk through a digit sequence (``BodySet.sequence``) stands, so that
+    the next run goes on from there: a digit comes back only after the whole cycle, never while
+    its answer may still be in the server's cache (requests in flight when a run stops are
+    skipped too). /predict and v2 bodies of the same digits walk one sequence."""
 
     def __init__(self) -> None:
         self._sent: dict[tuple[str, str], int] = {}
 
-    def at(self, server: str, body_set: str) -> int:
-        return self._sent.get((server, body_set), 0)
+    def at(self, server: str, sequence: str) -> int:
+        return self._sent.get((server, sequence), 0)
 
-    def advance(self, server: str, body_set: str, count: int) -> None:
-        self._sent[(server, body_set)] = self.at(server, body_set) + count
+    def advance(self, server: str, sequence: str, count: int) -> None:
+        self._sent[(server, sequence)] = self.at(server, sequence) + count
 
 
 def _measure(target: str, concurrency: int, round_index: int, servers: dict[str, Server],
@@ -394,9 +399,9 @@ def _measure(target: str, concurrency: int, round_index: int, servers: dict[str,
     before_cache = scrape_counters(server.spec.url) if ours else {}
     cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
     result = wrk.run(server.spec.url, body_set, connections=concurrency, seconds=config.seconds,
-                     cpu=config.client_cpu, start=cursor.at(server_name, body_name),
+                     cpu=config.client_cpu, start=cursor.at(server_name, body_set.sequence),
                      script=config.wrk_script)
-    cursor.advance(server_name, body_name, result.requests + concurrency)
+    cursor.advance(server_name, body_set.sequence, result.requests + concurrency)
     cpu_used, wall = server.cpu_seconds() - cpu_before, time.monotonic() - wall_before
     cache: dict[str, float] = {}
     if ours:

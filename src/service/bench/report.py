@@ -37,7 +37,7 @@ def summary_table(data: dict[str, Any]) -> str:
 
 
 def _order(target: str) -> int:
-    order = ["ours", "tutorial", "threadpool", "litserve", "ours-png", "ours-batch",
+    order = ["ours", "tutorial", "threadpool", "litserve", "ours-v2", "ours-png", "ours-batch",
              "ours-hit-memory", "ours-hit-redis", "ours-shadow"]
     return order.index(target) if target in order else len(order)
 
@@ -189,8 +189,8 @@ def chart(data: dict[str, Any], path: Path) -> Path:
     left.set_title("JSON /predict, distinct digits, server on one core")
     left.legend()
     top = max(concurrencies)
-    names = [t for t in ("ours", "ours-png", "ours-batch", "ours-hit-memory", "ours-hit-redis")
-             if (t, top) in rows]
+    names = [t for t in ("ours", "ours-v2", "ours-png", "ours-batch", "ours-hit-memory",
+                         "ours-hit-redis") if (t, top) in rows]
     values = [rows[(t, top)]["requests_per_s"]["median"] for t in names]
     right.barh(names, values, color="tab:blue")
     for y, (name, value) in enumerate(zip(names, values, strict=True)):

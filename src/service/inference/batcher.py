@@ -131,12 +131,16 @@ class MicroBatcher(Generic[In, Out]):
         self._check_room(1)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Out] = loop.create_future()
+        self._pending_on(loop).append((item, future, loop))
+        return await future
+
+    def _pending_on(self, loop: asyncio.AbstractEventLoop) -> list[Any]:
+        """This loop iteration's submissions, handed over by ``_flush`` at its end."""
         pending = self._pending.get(loop)
         if pending is None:
             pending = self._pending[loop] = []
             loop.call_soon(self._flush, loop)
-        pending.append((item, future, loop))
-        return await future
+        return pending
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hand this iteration's submissions to the inference thread (on the loop's thread)."""
@@ -154,12 +158,15 @@ class MicroBatcher(Generic[In, Out]):
         """Queue several inputs at once (all or none) and wait for all their outputs, in order."""
         self._check_room(len(items))
         loop = asyncio.get_running_loop()
+        pending = self._pending_on(loop)  # handed over with the iteration's other submissions
         futures: list[asyncio.Future[Out]] = []
         for item in items:
             future: asyncio.Future[Out] = loop.create_future()
             futures.append(future)
-            self._queue.put((item, future, loop))
+            pending.append((item, future, loop))
         try:
+            if len(futures) == 1:  # the usual v2 request: one digit, without gather's machinery
+                return [await futures[0]]
             return list(await asyncio.gather(*futures))
         except BaseException:
             for future in futures:

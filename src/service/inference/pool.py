@@ -192,12 +192,17 @@ class ModelPool:
         version = self._following.get(ref) or self._aliases.get(ref, ref)
         if is_version(version) and version in self._versions:
             return version
-        known = ", ".join(sorted(self._versions, key=lambda v: int(v[1:]))) or "none"
+        known = ", ".join(self.versions) or "none"
         named = ", ".join(f"{a} -> {v}" for a, v in sorted(self._aliases.items())) or "none"
         raise VersionNotFound(
             f"no model version {ref!r} of {self.settings.model_name}: known versions {known}; "
             f"aliases {named}"
         )
+
+    @property
+    def versions(self) -> list[str]:
+        """The registry's versions as last read, oldest first."""
+        return sorted(self._versions, key=lambda v: int(v[1:]))
 
     async def resolve_fresh(self, ref: str) -> str:
         """Like ``resolve``, reading the registry again first when the name is not known yet."""

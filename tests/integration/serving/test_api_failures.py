@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 import torch
-from support.app import serving, settings_for
+from support.app import serving, settings_for, wait_until
 
 
 class GatedRuntime:
@@ -44,13 +44,6 @@ def depth(app) -> int:
 
 def pixels(value: int) -> dict:
     return {"pixels": [value] * 784}
-
-
-async def wait_until(condition, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.005)
 
 
 async def test_a_full_queue_answers_503_with_retry_after_and_then_recovers(registry_dir):

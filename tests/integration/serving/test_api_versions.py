@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
-from support.app import serving, settings_for
+from support.app import serving, settings_for, wait_until
 from support.models import direct_predictions, held_out_digits, trained_checkpoint
 from support.registry import publish
 
@@ -175,13 +175,6 @@ def shadow_count(outcome: str) -> float:
     """Shadow copies of v1's answers to v2 so far (the process's registry: read deltas)."""
     return REGISTRY.get_sample_value("lab2prod_shadow_predictions_total", {
         "model_version": "v1", "shadow_version": "v2", "outcome": outcome}) or 0.0
-
-
-async def wait_until(condition, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 # --- alias moves under load -------------------------------------------------------------------
