@@ -348,7 +348,9 @@ class MlflowRegistry(ModelRegistry):
                 self._client.create_registered_model(lock, description=holder)
                 return True
             except MlflowException as exc:
-                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                # A server that finds the name taken reads the holder's model to say so, and
+                # answers "does not exist" when the holder let go in between: taken all the same.
+                if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                     raise
             try:
                 held = self._client.get_registered_model(lock)
