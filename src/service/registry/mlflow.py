@@ -373,10 +373,12 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     if experiment is None:
         try:
             return str(client.create_experiment(name, artifact_location=_artifact_location(uri)))
-        except MlflowException as exc:  # made by another process meanwhile
+        except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            experiment = client.get_experiment_by_name(name)
+        experiment = client.get_experiment_by_name(name)  # made by another process meanwhile
+        if experiment is None:
+            raise RegistryError(f"the MLflow experiment {name!r} at {uri} came and went; retry")
     if experiment.lifecycle_stage == "deleted":
         raise RegistryError(
             f"the MLflow experiment {name!r} at {uri} is deleted: restore it "
