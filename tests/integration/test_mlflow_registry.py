@@ -160,3 +160,5 @@ def test_serve_answers_from_mlflow_and_follows_a_rollback(released, mlflow_serve
     finally:
         server.stop()
         lab2prod(project, "models", "rollback", **env)  # back to v2 for whatever runs next
+    lines = server.log.read_text().splitlines()
+    assert all(line.startswith("{") for line in lines), "MLflow wrote into the JSON logs"
