@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 from support.servers import free_port
 
-from service.registry import ModelRegistry, RegistryError, open_registry
+from service.registry import ModelRegistry, RegistryError, mlflow_client, open_registry
 from service.registry import mlflow as backend
 from service.registry.mlflow import MlflowRegistry
 
@@ -36,10 +36,10 @@ def checkpoint(tmp_path: Path) -> Path:
 
 
 def test_each_url_form_names_the_uri_mlflows_client_takes():
-    assert backend.tracking_uri("mlflow+http://mlflow:5000") == "http://mlflow:5000"
-    assert backend.tracking_uri("mlflow+https://mlflow.example") == "https://mlflow.example"
-    assert backend.tracking_uri("mlflow+sqlite:///reg.db") == "sqlite:///reg.db"
-    assert backend.tracking_uri("mlflow+file:///srv/mlruns") == "file:///srv/mlruns"
+    assert mlflow_client.tracking_uri("mlflow+http://mlflow:5000") == "http://mlflow:5000"
+    assert mlflow_client.tracking_uri("mlflow+https://mlflow.example") == "https://mlflow.example"
+    assert mlflow_client.tracking_uri("mlflow+sqlite:///reg.db") == "sqlite:///reg.db"
+    assert mlflow_client.tracking_uri("mlflow+file:///srv/mlruns") == "file:///srv/mlruns"
     for url in ("mlflow+http://127.0.0.1:1", "mlflow+https://h", "mlflow+sqlite:///x.db",
                 "mlflow+file:///x"):
         assert isinstance(open_registry(url), MlflowRegistry)  # nothing is contacted yet

@@ -37,7 +37,7 @@ def track_release(uri: str, experiment: str, record: dict[str, Any], run_dir: Pa
                              "logged": False}
     client = None
     try:
-        from service.registry.mlflow import connect, experiment_id
+        from service.registry.mlflow_client import connect, experiment_id
 
         client = connect(uri, "MLFLOW_TRACKING_URI")
         run = client.create_run(experiment_id(client, experiment, uri),
