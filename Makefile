@@ -3,9 +3,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# The MLflow server the tests start runs from a venv of its own: the full `mlflow` package pins
+# graphql-core and python-dateutil below what .venv's dev tools use (.venv has the client only).
+MLFLOW_VENV ?= .venv-mlflow
+MLFLOW_SERVER ?= mlflow>=3.17,<4
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: install run test lab bench system-deps clean
+.PHONY: install mlflow-server run test lab bench system-deps clean
 
 $(BIN)/lab2prod: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +19,14 @@ $(BIN)/lab2prod: pyproject.toml
 	touch $@
 
 install: $(BIN)/lab2prod
+
+$(MLFLOW_VENV)/bin/mlflow:
+	$(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install --quiet --upgrade pip
+	$(MLFLOW_VENV)/bin/pip install --quiet '$(MLFLOW_SERVER)'
+	touch $@
+
+mlflow-server: $(MLFLOW_VENV)/bin/mlflow
 
 # Debian packages: Fashion-MNIST (full-size runs, drift tests), wrk (benchmarks) and Chromium
 # (the drawing page's browser test). Needs root or sudo; a failure here is only a warning (the
@@ -33,11 +45,11 @@ run: install
 lab: install
 	$(BIN)/jupyter lab notebooks/
 
-test: install system-deps
+test: install mlflow-server system-deps
 	$(BIN)/python -m pytest
 
 bench: install system-deps
 	$(BIN)/lab2prod bench
 
 clean:
-	rm -rf $(VENV) runs models .pytest_cache
+	rm -rf $(VENV) $(MLFLOW_VENV) runs models .pytest_cache

@@ -1,5 +1,5 @@
 """Shared fixtures, built on the support package: real digits as IDX files, the test models,
-a private redis-server, and a queue of its own on the shared RabbitMQ."""
+a private redis-server, a queue of its own on the shared RabbitMQ, and an MLflow store."""
 
 from __future__ import annotations
 
@@ -84,3 +84,14 @@ def queue_name(amqp_url: str) -> Iterator[str]:
     name = rabbitmq.unique_queue_name()
     yield name
     rabbitmq.run_sync(rabbitmq.delete_queue_topology(amqp_url, name))
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An MLflow tracking and registry store in a SQLite file (MLflow's own store, no server),
+    its tables made once; tests keep apart by model and experiment names."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments()
+    return uri

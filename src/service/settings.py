@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", protected_namespaces=())
 
     # --- where things live (relative to the current directory, like git or DVC) ---
-    registry_url: str = Field("models", description="Model registry: a folder or an fsspec URL.")
+    registry_url: str = Field(
+        "models", description="Model registry: a folder, an fsspec URL or mlflow+http://HOST:PORT."
+    )
     runs_dir: Path = Field(Path("runs"), description="Where release runs write their records.")
     notebooks_dir: Path = Field(Path("notebooks"), description="train.ipynb and evaluate.ipynb.")
     data_dir: Path = Field(Path("data"), description="IDX files for the 'mnist' dataset.")
@@ -35,6 +37,10 @@ class Settings(BaseSettings):
     )
     model_name: str = Field("mnist-cnn", description="Registry name of the served model.")
     model_alias: str = Field("production", description="Alias the service and workers follow.")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking server (or sqlite:///..., file:...): each release is "
+        "logged there as a run (unset: not logged)."
+    )
     max_loaded_versions: int = Field(
         3, ge=1, description="Versions kept loaded at once (least recently used one unloaded "
         "first; never one an alias the service follows points at)."
@@ -126,7 +132,8 @@ class Settings(BaseSettings):
     @classmethod
     def _registry_not_empty(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError("registry_url is empty; use a folder like 'models' or 's3://b/models'")
+            raise ValueError("registry_url is empty; use a folder like 'models', 's3://b/models' "
+                             "or 'mlflow+http://127.0.0.1:5000'")
         return value
 
 

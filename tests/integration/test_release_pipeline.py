@@ -8,72 +8,33 @@ digits); one pair of passing releases is shared by the tests that only read it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
+from support import REPO
+from support.releases import (
+    SETTINGS_ENV,
+    TEST_POLICY,
+    TINY,
+    criteria,
+    lab2prod,
+    make_project,
+    release,
+)
 
 from service.registry import open_registry
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = ["-p", "limit", "300", "-p", "epochs", "1", "-p", "test_limit", "200"]
 POOR = ["-p", "lr", "0"]  # runs, learns nothing: the gate must refuse it
-# Absolute thresholds a tiny model passes and a model that learnt nothing does not.
-TEST_POLICY = """
-criteria:
-  min_accuracy: 0.3
-  min_class_recall: 0.0
-  regression_alpha: 0.01
-  accuracy_drop_bound: 0.02
-  class_recall_drop_bound: 0.5
-  min_runtime_agreement: 0.9
-  max_runtime_accuracy_drop: 0.05
-"""
 # Absolute criteria switched off, so only the comparison with the champion can refuse.
 REGRESSION_ONLY_POLICY = TEST_POLICY.replace("min_accuracy: 0.3", "min_accuracy: 0.0")
-SETTINGS_ENV = ("REGISTRY_URL", "RUNS_DIR", "NOTEBOOKS_DIR", "RELEASE_POLICY", "MODEL_NAME",
-                "MODEL_ALIAS", "DATA_DIR")
-
-
-@dataclass
-class Release:
-    run_id: str
-    returncode: int
-    stdout: str
-    stderr: str
-    record: dict[str, Any]
-
-
-def make_project(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(REPO / "notebooks", folder / "notebooks",
-                    ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    (folder / "release-policy.yaml").write_text(TEST_POLICY)
-    return folder
-
-
-def lab2prod(project: Path, *args: str, timeout: float = 540) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key not in SETTINGS_ENV}
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
-        cwd=project, env=env, capture_output=True, text=True, timeout=timeout,
-    )
-
-
-def release(project: Path, run_id: str, *args: str) -> Release:
-    done = lab2prod(project, "release", "--run-id", run_id, *args)
-    record_path = project / "runs" / run_id / "run.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    return Release(run_id, done.returncode, done.stdout, done.stderr, record)
 
 
 def registry_snapshot(project: Path) -> dict[str, bytes]:
@@ -82,10 +43,6 @@ def registry_snapshot(project: Path) -> dict[str, bytes]:
         return {}
     return {str(path.relative_to(root)): path.read_bytes()
             for path in sorted(root.rglob("*")) if path.is_file()}
-
-
-def criteria(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {criterion["name"]: criterion for criterion in record["gate"]["criteria"]}
 
 
 @pytest.fixture(scope="module")

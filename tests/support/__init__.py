@@ -6,6 +6,8 @@
 - ``app``: test settings and the real app called in-process
 - ``uploads``: images as users upload them
 - ``servers``: real processes on free ports (redis-server, ``lab2prod serve``/``worker``)
+- ``mlflow_server``: a real ``mlflow server`` (temporary SQLite store and artefact folder)
+- ``releases``: ``lab2prod release`` and other commands run in a project folder, tiny parameters
 - ``rabbitmq``: the shared RabbitMQ: reachability, a queue per test, its counts and cleanup
 - ``docker``: reading the Dockerfile's instructions and stages, and what .dockerignore sends
 - ``deploy``: the deploy files as Compose and kustomize render them, and what the lab2prod

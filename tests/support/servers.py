@@ -21,7 +21,7 @@ from support import REPO
 LAB2PROD = str(Path(sys.executable).parent / "lab2prod")  # the venv's console script
 # The developer's own service settings, which no process under test may inherit.
 SETTINGS_TO_CLEAR = ("REDIS_URL", "AMQP_URL", "LOAD_MODEL", "MODEL_ALIAS", "ACCESS_LOG", "RUNTIME",
-                     "REGISTRY_URL", "PORT")
+                     "REGISTRY_URL", "PORT", "MLFLOW_TRACKING_URI")
 
 
 def free_port() -> int:
@@ -85,7 +85,7 @@ class RedisServer:
             client.close()
 
 
-def lab2prod_env(registry: Path | None, **extra: str) -> dict[str, str]:
+def lab2prod_env(registry: Path | str | None, **extra: str) -> dict[str, str]:
     """The environment of a `lab2prod` command under test: eager on the CPU, JSON logs, the
     production alias polled every 0.2 s, unless ``extra`` says otherwise, and none of the
     developer's own service settings."""
@@ -99,10 +99,12 @@ def lab2prod_env(registry: Path | None, **extra: str) -> dict[str, str]:
 
 
 class ServeProcess:
-    """A real `lab2prod serve` on a free port of 127.0.0.1, its log in ``workdir``. As a context
-    manager: ready on entry, stopped on exit (also when it never got ready)."""
+    """A real `lab2prod serve` on a free port of 127.0.0.1, its log in ``workdir``; ``registry``
+    is a folder or a REGISTRY_URL. As a context manager: ready on entry, stopped on exit (also
+    when it never got ready)."""
 
-    def __init__(self, registry: Path | None, workdir: Path, *args: str, **env: str) -> None:
+    def __init__(self, registry: Path | str | None, workdir: Path, *args: str, **env: str
+                 ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"serve-{self.port}.log"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 from service.registry import PRODUCTION
 
@@ -55,6 +56,7 @@ def handle(args: argparse.Namespace) -> int:
         print(f"lab2prod release: error: {exc}", file=sys.stderr)
         return 2
     record = result.record
+    _say_tracking(record.get("tracking"))
     if result.released:
         aliases = ", ".join(f"{name} -> {version}"
                             for name, version in sorted(record["release"]["aliases"].items()))
@@ -66,6 +68,14 @@ def handle(args: argparse.Namespace) -> int:
           f"unchanged; run record {result.run_dir / 'run.json'}", file=sys.stderr)
     print(format_failures(result.verdict), file=sys.stderr)
     return 1
+
+
+def _say_tracking(tracking: dict[str, Any] | None) -> None:
+    if tracking and tracking["logged"]:
+        print(f"logged to MLflow {tracking['uri']}: experiment {tracking['experiment']}, "
+              f"run {tracking['run_id']}")
+    elif tracking:
+        print(f"not logged to MLflow {tracking['uri']}: {tracking['error']}", file=sys.stderr)
 
 
 def _show_progress() -> None:

@@ -2,7 +2,9 @@
 
 Backends register the schemes they serve (``register_backend``), as papermill registers its I/O
 handlers: a folder or any fsspec URL (``models``, ``file://...``, ``s3://...``) is a
-``FolderRegistry``. Callers use the ``ModelRegistry`` interface and never learn where files live.
+``FolderRegistry``; ``mlflow+http://...`` (``+https``, ``+sqlite``, ``+file``) is MLflow's Model
+Registry (``service.registry.mlflow``, the optional ``mlflow`` extra, imported on first use).
+Callers use the ``ModelRegistry`` interface and never learn where files live.
 """
 
 from __future__ import annotations
@@ -56,4 +58,18 @@ def open_registry(url: str | os.PathLike[str], model_name: str = "mnist-cnn") ->
     return backend(text, model_name)
 
 
+def _mlflow_registry(url: str, model_name: str) -> ModelRegistry:
+    try:
+        from service.registry.mlflow import MlflowRegistry
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "mlflow":
+            raise
+        raise RegistryError(
+            f"REGISTRY_URL={url!r} is an MLflow registry, and MLflow's client is not installed: "
+            "pip install 'lab2prod[mlflow]'"
+        ) from exc
+    return MlflowRegistry(url, model_name)
+
+
 register_backend(("file", "local", *fsspec.available_protocols()), FolderRegistry)
+register_backend(("mlflow+http", "mlflow+https", "mlflow+sqlite", "mlflow+file"), _mlflow_registry)

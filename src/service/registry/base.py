@@ -4,7 +4,9 @@
 (moving ``production`` keeps the old target as ``previous``; rollback swaps them), the conditional
 publish (refused when an alias moved since the caller looked) and the layout of a version's files.
 A backend supplies the storage primitives: list versions, read and write aliases, read a card,
-fetch a version's files to a local folder, store a new version, and a lock around changes.
+fetch a version's files to a local folder, store a new version, and a lock around changes. A
+store that numbers versions itself (MLflow) keeps that numbering: ``_store`` returns the version
+the store made, so our ``v<N>`` is never counted apart from the store's own ``N``.
 
 Where a version's files live is the backend's business: callers ask for ``fetch(ref)``, a local
 folder holding ``model.safetensors`` and whatever was published beside it (exported runtimes, the
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -60,6 +63,12 @@ def file_digest(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def local_cache(url: str) -> Path:
+    """Local cache (and lock) folder for a remote registry: versions fetched from ``url``."""
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "lab2prod-registry" / key
+
+
 class ModelRegistry(ABC):
     """One model's versions and aliases in some store (see ``service.registry.open_registry``)."""
 
@@ -84,8 +93,12 @@ class ModelRegistry(ABC):
         """A local folder with the version's files (the store's own folder, or a cached copy)."""
 
     @abstractmethod
-    def _store(self, version: str, files: dict[str, Path], card: dict[str, Any]) -> None:
-        """Write a new version whole (files by name, and its card), or nothing."""
+    def _store(self, version: str, files: dict[str, Path], card: dict[str, Any]) -> str:
+        """Write a new version whole (files by name, and its card), or nothing; returns it.
+
+        ``version`` is the next one as ``versions()`` counts; a store that numbers versions
+        itself stores under its own number, writes that into the card and returns it.
+        """
 
     @abstractmethod
     def _write_aliases(self, aliases: dict[str, str]) -> None: ...
@@ -93,6 +106,10 @@ class ModelRegistry(ABC):
     @abstractmethod
     def _locked(self) -> contextlib.AbstractContextManager[None]:
         """Serialises publishes and alias moves (as far as the store allows)."""
+
+    def validate_alias(self, alias: str) -> str:
+        """Refuse an alias this registry cannot hold (before anything is written)."""
+        return check_alias(alias)
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -148,7 +165,7 @@ class ModelRegistry(ABC):
         """
         checkpoint = Path(checkpoint)
         for alias in aliases:
-            check_alias(alias)
+            self.validate_alias(alias)
         files = {CHECKPOINT_FILE: checkpoint}
         for artefact in map(Path, artefacts):
             if artefact.name in (CHECKPOINT_FILE, CARD_FILE):
@@ -168,7 +185,7 @@ class ModelRegistry(ABC):
                     )
             existing = self.versions()
             version = f"v{version_number(existing[-1]) + 1 if existing else 1}"
-            self._store(version, files, {
+            version = self._store(version, files, {
                 **card,
                 "model": self.model_name,
                 "version": version,
@@ -180,7 +197,7 @@ class ModelRegistry(ABC):
 
     def promote(self, ref: str, alias: str = PRODUCTION) -> str:
         """Point ``alias`` at a version; moving production keeps the old one as ``previous``."""
-        check_alias(alias)
+        self.validate_alias(alias)
         with self._locked():
             version = self.resolve(ref)
             self._move_aliases((alias,), version)

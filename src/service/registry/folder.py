@@ -16,7 +16,6 @@ checkpoint last, so a cached checkpoint means the whole version is there.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -35,6 +34,7 @@ from service.registry.base import (
     ModelRegistry,
     RegistryError,
     is_version,
+    local_cache,
     version_number,
 )
 
@@ -49,7 +49,7 @@ class FolderRegistry(ModelRegistry):
         self.fs, root = fsspec.core.url_to_fs(self.url)
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.root = f"{root.rstrip('/')}/{model_name}"
-        self._cache = _local_cache(self.url)
+        self._cache = local_cache(self.url)
         lock_dir = Path(self.root) if self.is_local else self._cache
         self._lock_path = str(lock_dir / ".registry.lock")
 
@@ -85,13 +85,14 @@ class FolderRegistry(ModelRegistry):
                 os.replace(partial, folder / name)
         return folder
 
-    def _store(self, version: str, files: dict[str, Path], card: dict[str, Any]) -> None:
+    def _store(self, version: str, files: dict[str, Path], card: dict[str, Any]) -> str:
         staging = f"{self.root}/.staging-{uuid.uuid4().hex}"
         self.fs.makedirs(staging, exist_ok=True)
         for name, source in files.items():
             self.fs.put_file(str(source), f"{staging}/{name}")
         self.fs.pipe_file(f"{staging}/{CARD_FILE}", json.dumps(card, indent=2).encode())
         self.fs.mv(staging, f"{self.root}/{version}", recursive=True)
+        return version
 
     def _write_aliases(self, aliases: dict[str, str]) -> None:
         body = json.dumps(aliases, indent=2, sort_keys=True).encode()
@@ -112,9 +113,3 @@ class FolderRegistry(ModelRegistry):
         Path(self._lock_path).parent.mkdir(parents=True, exist_ok=True)
         with FileLock(self._lock_path, timeout=LOCK_TIMEOUT_S):
             yield
-
-
-def _local_cache(url: str) -> Path:
-    """Local cache and lock folder for a remote registry (locks guard this machine only)."""
-    key = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / "lab2prod-registry" / key

@@ -4,6 +4,7 @@ A run lives in ``<runs_dir>/<run_id>/``: the executed ``train.ipynb`` and ``eval
 (kept even when a cell fails), their HTML renderings, what the notebooks wrote
 (``model.safetensors``, ``train.json``, ``evaluation.json``) and ``run.json``, the record
 of the whole run with the gate's verdict. The registry is written only when the gate passes.
+With MLFLOW_TRACKING_URI set, the finished run is also logged to MLflow (``release.tracking``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from service.registry import (
     PRODUCTION,
     ModelRegistry,
     RegistryError,
-    check_alias,
     open_registry,
 )
 from service.release.checks import run_serving_checks
@@ -39,6 +39,7 @@ from service.release.gate import (
     read_records,
 )
 from service.release.params import declared_parameters, route_parameters
+from service.release.tracking import track_release
 from service.settings import Settings
 
 log = logging.getLogger("lab2prod.release")
@@ -88,8 +89,8 @@ def run_release(
     declared = {name: declared_parameters(path) for name, path in notebooks.items()}
     routed = route_parameters(parameters, declared)
 
-    check_alias(alias)  # before the run, not after an hour of training
     registry = open_registry(settings.registry_url, settings.model_name)
+    registry.validate_alias(alias)  # before the run, not after an hour of training
     champion = _current_champion(registry, settings.model_alias)
 
     run_id = run_id or new_run_id()
@@ -203,6 +204,10 @@ def run_release(
     timings["total_s"] = round(time.perf_counter() - started, 3)
     record["timings"] = timings
     record["finished_at"] = datetime.now(UTC).isoformat()
+    record["tracking"] = (
+        track_release(settings.mlflow_tracking_uri, settings.model_name, record, run_dir)
+        if settings.mlflow_tracking_uri else None
+    )
     write_json(run_dir / RUN_RECORD, record)
     return ReleaseResult(run_id, run_dir, record, verdict, version)
 
