@@ -17,7 +17,7 @@ from support.app import serving, settings_for
 from support.models import held_out_digits, unseen_training_digits
 from support.registry import publish, publish_release
 
-from service.ml.data import load_dataset
+from service.ml.data import DataError, load_dataset
 
 WINDOW = 1000
 BATCH = 250
@@ -36,7 +36,10 @@ def mnist_test_digits() -> np.ndarray:
 
 
 def fashion_mnist_images() -> np.ndarray:
-    return load_dataset("fashion-mnist", test_limit=WINDOW).test_images
+    try:
+        return load_dataset("fashion-mnist", test_limit=WINDOW).test_images
+    except DataError as exc:
+        pytest.fail(f"{exc}: install Debian's dataset-fashion-mnist (`make system-deps`)")
 
 
 async def send(client, images: np.ndarray) -> None:
