@@ -135,6 +135,18 @@ async def test_the_window_holds_the_latest_inputs_so_the_alert_clears(released):
     assert gauges(metrics)["alert"] == 0.0
 
 
+async def test_inputs_sent_through_the_v2_protocol_are_watched_too(released):
+    digits = mnist_test_digits()[:100]
+    body = {"inputs": [{"name": "pixels", "shape": [100, 784], "datatype": "UINT8",
+                        "data": digits.ravel().tolist()}]}
+    async with serving(settings_for(released, drift_window=100)) as (_, client):
+        answer = await client.post("/v2/models/mnist-cnn/infer", json=body)
+        report = (await client.get("/drift")).json()
+    assert answer.status_code == 200, answer.text
+    assert report["window"] == {"size": 100, "filled": 100, "shared": False}
+    assert report["verdict"] == "ok"  # 100 real digits, from the reference's source
+
+
 async def test_a_version_published_without_a_reference_has_no_drift_figures(tmp_path, released,
                                                                             trained_checkpoint):
     registry = tmp_path / "models"
