@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     breaker_failures: int = Field(3, ge=1, description="Failures that open the circuit.")
     breaker_reset_s: float = Field(2.0, gt=0, description="Open circuit retries after this.")
 
+    # --- drift monitoring (docs/drift.md) ---
+    drift_window: int = Field(
+        1000, ge=100, description="Latest inputs per version compared with its release "
+        "reference (shared by the replicas through REDIS_URL when set)."
+    )
+
     # --- async jobs ---
     amqp_url: str | None = Field(None, description="RabbitMQ; unset means in-process queue.")
     queue_name: str = "lab2prod.inference"

@@ -2,7 +2,8 @@
 any check, and a Python client generated from /openapi.json gets real predictions back.
 
 Both run against one server with a small registry (v1: an untrained CNN, which answers like any
-other model, and is all a contract needs)."""
+other model, and is all a contract needs, published with a release's files so that GET /drift
+answers with figures once the fuzzed predictions fill its window)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from support.models import fresh_checkpoint
-from support.registry import publish
+from support.models import fresh_checkpoint, unseen_training_digits
+from support.registry import publish_release
 from support.servers import ServeProcess
 from support.uploads import digit_png
 
@@ -34,8 +35,9 @@ SEED = 20261202  # fixed, so a failure reproduces; explore with `st run` by hand
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     folder = tmp_path_factory.mktemp("openapi-contract")
     registry = folder / "models"
-    publish(registry, fresh_checkpoint(folder / "v1.safetensors", seed=1))
-    with ServeProcess(registry, folder) as running:
+    publish_release(registry, fresh_checkpoint(folder / "v1.safetensors", seed=1),
+                    *unseen_training_digits(100))
+    with ServeProcess(registry, folder, DRIFT_WINDOW="100") as running:  # full within the run
         yield running
 
 

@@ -28,6 +28,8 @@ from support.releases import (
     release,
 )
 
+from service.ml.checkpoint import load_checkpoint
+from service.monitoring.reference import DriftReference
 from service.registry import open_registry
 
 pytestmark = pytest.mark.slow
@@ -66,6 +68,11 @@ def test_a_passing_release_publishes_v1_and_moves_production(released):
     assert first.record["gate"]["passed"]
     skipped = criteria(first.record)["no_accuracy_regression"]
     assert skipped["passed"] and "first release" in skipped["detail"]
+    # what serving checks its runtime and watches its inputs against is published with it
+    published = released["project"] / "models" / "mnist-cnn" / "v1"
+    assert (published / "verification.safetensors").is_file()
+    weights = load_checkpoint(published / "model.safetensors").metadata["weights_sha256"]
+    assert DriftReference.find(published, weights) is not None
 
 
 def test_a_second_passing_release_moves_production_to_v2_and_previous_to_v1(released):

@@ -55,6 +55,22 @@ def held_out_digits(count: int) -> tuple[np.ndarray, np.ndarray]:
     return dataset.test_images[index], dataset.test_labels[index]
 
 
+def unseen_training_digits(count: int, trained_on: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` mnist-5k training digits, the same number of each class, that a test model
+    trained on ``trained_on`` of them (``trained_checkpoint``) never saw: real digits from the
+    same source as ``held_out_digits``, and other ones."""
+    everything, seen = load_dataset(DATASET), load_dataset(DATASET, limit=trained_on)
+    trained = {image.tobytes() for image in seen.train_images}
+    unseen = np.array([index for index, image in enumerate(everything.train_images)
+                       if image.tobytes() not in trained])
+    labels = everything.train_labels[unseen]
+    per_class = count // 10
+    chosen = np.concatenate([unseen[labels == label][:per_class] for label in range(10)])
+    if len(chosen) < count:
+        raise ValueError(f"mnist-5k has {len(chosen)} such digits, not {count}")
+    return everything.train_images[chosen], everything.train_labels[chosen]
+
+
 def direct_predictions(checkpoint: Path, images: np.ndarray) -> np.ndarray:
     """The digits the model says for ``images`` when called directly (eager, CPU): the reference
     every route's answers are compared with."""

@@ -146,6 +146,7 @@ def test_each_route_declares_the_statuses_it_answers():
     assert {"200", "202", "404", "503"} <= declared["GET /result/{inference_id}"]
     assert declared["GET /model-info"] == {"200", "304", "404", "422", "503"}
     assert declared["GET /ready"] == {"200", "503"}
+    assert declared["GET /drift"] == {"200", "404", "422", "503"}
 
 
 def test_the_routes_that_answer_with_a_model_take_a_pin_and_name_the_version_that_answered():
@@ -156,6 +157,9 @@ def test_the_routes_that_answer_with_a_model_take_a_pin_and_name_the_version_tha
     for path in ("/predict", "/predict/batch"):
         headers = whole["paths"][path]["post"]["responses"]["200"]["headers"]
         assert headers["X-Model-Version"]["required"]
+    for path in ("/model-info", "/drift"):  # they describe a version: pinned, or the default
+        assert {"X-Model-Version", "version"} <= {
+            p["name"] for p in whole["paths"][path]["get"]["parameters"]}, path
 
 
 def test_the_v2_protocol_operations_name_this_instances_model_and_batch_limit():

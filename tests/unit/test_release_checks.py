@@ -12,6 +12,8 @@ from service.inference.verification import VERIFICATION_FILE, RuntimeCriteria, V
 from service.ml.checkpoint import load_checkpoint
 from service.ml.evaluate import EvaluateConfig, evaluate
 from service.ml.records import EvaluationRecord
+from service.monitoring.reference import DRIFT_REFERENCE_FILE, DriftReference
+from service.monitoring.signals import digit_signals
 from service.release.checks import SERVING_RECORD, run_serving_checks
 
 CRITERIA = RuntimeCriteria(min_agreement=0.9, max_accuracy_drop=0.05)
@@ -49,11 +51,26 @@ def test_the_verification_set_holds_the_evaluation_digits_and_eager_answers_for_
         record["candidate"]["accuracy"])
 
 
-def test_the_artefacts_to_publish_are_the_chains_exported_files_and_the_verification_set(run):
+def test_the_drift_reference_holds_the_evaluation_digits_signals_for_these_weights(run):
+    run_dir, record, serving = run
+    checkpoint = load_checkpoint(run_dir / "model.safetensors")
+    verification = VerificationSet.load(run_dir / VERIFICATION_FILE)
+    reference = DriftReference.load(run_dir / serving["drift_reference"])
+    assert reference.weights_sha256 == checkpoint.metadata["weights_sha256"]
+    assert reference.digits == record["dataset"]["test_size"] == len(verification.digits)
+    # the same digits with the same eager probabilities as the verification set
+    signals = digit_signals(verification.digits, verification.probabilities)
+    expected = DriftReference.build(signals, 10, reference.weights_sha256)
+    assert reference.class_counts.tolist() == expected.class_counts.tolist()
+    for name, recorded in expected.continuous.items():
+        assert np.array_equal(reference.continuous[name].values, recorded.values), name
+
+
+def test_the_artefacts_to_publish_are_the_chains_exported_files_and_the_serving_references(run):
     run_dir, _, serving = run
     exported = [name for name in serving["artefacts"] if name.endswith(".onnx")]
     assert bool(exported) == ("onnx" in serving["runtimes"]["chain"])
-    assert serving["artefacts"][-1] == VERIFICATION_FILE
+    assert serving["artefacts"][-2:] == [VERIFICATION_FILE, DRIFT_REFERENCE_FILE]
     assert all((run_dir / name).is_file() for name in serving["artefacts"])
 
 

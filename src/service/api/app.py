@@ -3,9 +3,10 @@
 Start-up (lifespan): set torch threads, open the cache, build the router from the traffic
 settings, load the versions the service follows into the model pool (MODEL_ALIAS, and the
 canary and shadow aliases; each verified, warmed and given its micro-batcher), start the alias
-watcher, enter the optional route modules' lifespans, then report ready. A missing or broken
-default model stops start-up with a message that says how to fix it. ``LOAD_MODEL=false`` loads
-no model: the instance then only serves the async routes and /predict answers 503 saying so.
+watcher and the drift monitor, enter the optional route modules' lifespans, then report ready.
+A missing or broken default model stops start-up with a message that says how to fix it.
+``LOAD_MODEL=false`` loads no model: the instance then only serves the async routes and
+/predict answers 503 saying so.
 
 Middleware is pure ASGI (request id, metrics, GZip for bodies over 1 KB).
 """
@@ -144,6 +145,8 @@ async def _start(app: FastAPI, settings: Settings, stack: contextlib.AsyncExitSt
     if settings.model_poll_interval_s > 0:
         watcher = asyncio.create_task(pool.watch(), name="model-watcher")
         stack.push_async_callback(_cancel, watcher)
+    stack.push_async_callback(pool.drift.close)  # after the loop stops: pushes what is left
+    stack.push_async_callback(_cancel, asyncio.create_task(pool.drift.run(), name="drift"))
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -12,7 +12,7 @@ in ``components/schemas``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -124,6 +124,51 @@ class ModelInfoOut(BaseModel):
         default_factory=list, description="Variants of the release's chain passed over here, why."
     )
     card: dict[str, Any] | None = None
+
+
+# The window GET /drift describes: the version's latest computed inputs.
+class DriftWindowOut(BaseModel):
+    size: int = Field(description="DRIFT_WINDOW: inputs compared once full.")
+    filled: int = Field(description="Inputs in the window now (cache hits are not counted).")
+    shared: bool = Field(description="True: the window every replica fills through Redis; "
+                         "false: this instance's own (no REDIS_URL, or Redis unreachable).")
+
+
+# The reference GET /drift compares with, recorded by the release.
+class DriftReferenceOut(BaseModel):
+    digits: int = Field(description="Evaluation digits the reference was recorded on.")
+
+
+# One signal of GET /drift: the version's window of live inputs against its release reference.
+class SignalDriftOut(BaseModel):
+    test: Literal["chi-square", "kolmogorov-smirnov"] = Field(
+        description="chi-square test of homogeneity (classes) or two-sample Kolmogorov-Smirnov."
+    )
+    psi: float = Field(description="Population stability index over the reference's bins.")
+    statistic: float = Field(description="The test's statistic (chi-square, or KS distance).")
+    p_value: float = Field(description="The test's p-value against the reference.")
+    level: Literal["ok", "watch", "alert"] = Field(
+        description="alert: PSI >= 0.25 and p < 0.002; watch: PSI >= 0.1 and p < 0.002."
+    )
+    reference_mean: float | None = Field(description="Continuous signals: mean at release.")
+    window_mean: float | None = Field(description="Continuous signals: mean in the window.")
+
+
+# GET /drift: whether a version's live inputs still look like its evaluation split at release.
+class DriftOut(BaseModel):
+    model_version: str = Field(description="The version described, e.g. 'v3'.")
+    verdict: Literal["no reference", "filling", "ok", "watch", "alert"] = Field(
+        description="'no reference': published without one, no figures; 'filling': the window "
+        "is not full yet (figures so far, no verdict); else the worst signal's level."
+    )
+    alert: bool | None = Field(description="Whether the full window alerts; null until full.")
+    window: DriftWindowOut
+    reference: DriftReferenceOut | None = Field(description="null without a reference.")
+    rule: str = Field(description="The alert rule, in words (docs/drift.md argues it).")
+    signals: dict[str, SignalDriftOut] = Field(
+        description="By signal: predicted_class, confidence, mean_ink, ink_box, lit_fraction "
+        "(empty without a reference or before the first input)."
+    )
 
 
 # --- the OpenAPI entries routes declare ---------------------------------------------------------

@@ -48,6 +48,19 @@ def cache_key(version: str, digit: np.ndarray) -> str:
     return f"{version}:{hashlib.blake2b(pixels.data, digest_size=16).hexdigest()}"
 
 
+def fail_fast_redis(url: str, timeout_s: float) -> Redis:
+    """A Redis client that gives up after ``timeout_s``, connecting or answering, and never
+    retries: for callers that would rather do without Redis than wait for it."""
+    return Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
+        health_check_interval=0,
+    )
+
+
 class CircuitBreaker:
     """closed -> (N failures in a row) -> open -> (reset_s later, one trial) -> closed or open."""
 
@@ -132,16 +145,7 @@ class PredictionCache:
         self.timeout_s = timeout_s
         self.namespace = namespace
         self.breaker = CircuitBreaker(breaker_failures, breaker_reset_s)
-        self.redis: Redis | None = None
-        if redis_url:
-            self.redis = Redis.from_url(
-                redis_url,
-                socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
-                retry=Retry(NoBackoff(), 0),
-                retry_on_timeout=False,
-                health_check_interval=0,
-            )
+        self.redis = fail_fast_redis(redis_url, timeout_s) if redis_url else None
         self._writes: set[asyncio.Task[Any]] = set()
         self._lookups: list[tuple[str, asyncio.Future[Any]]] | None = None  # this iteration's
         self._pending_writes: dict[str, bytes] | None = None  # this iteration's SETs

@@ -35,6 +35,8 @@ from service.inference.runtime import LoadedModel, RuntimeUnavailable
 from service.ml.checkpoint import CheckpointError
 from service.ml.preprocess import IMAGE_SIDE, normalize
 from service.monitoring import metrics
+from service.monitoring.monitor import DriftMonitor, VersionDrift
+from service.monitoring.reference import DriftReference
 from service.registry import ModelRegistry, RegistryError, is_version, open_registry
 from service.settings import Settings
 
@@ -72,6 +74,7 @@ class ServedVersion:
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
     inputs_served: int = 0  # inputs this version computed (cache hits not counted)
+    drift: VersionDrift | None = None  # watches those inputs when the version has a reference
     batcher: MicroBatcher[np.ndarray, np.ndarray] = field(init=False)
     _shadow_batcher: MicroBatcher[np.ndarray, np.ndarray] | None = field(default=None, init=False)
 
@@ -83,7 +86,7 @@ class ServedVersion:
     def start(self, *, max_wait_ms: float, max_queue_size: int) -> ServedVersion:
         """Warm up (first calls allocate and pick kernels), then start taking batches."""
         for size in sorted({1, self.max_batch_size}):
-            zeros = [np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)] * size
+            zeros = np.zeros((size, IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)
             if len(self._run(zeros)) != size:
                 raise VersionUnavailable(f"{self.version} failed its warm-up")
         self.batcher = MicroBatcher(
@@ -106,16 +109,19 @@ class ServedVersion:
 
     def predict(self, digits: list[np.ndarray]) -> list[np.ndarray]:
         """The batchers' handler (inference thread): uint8 digits -> probability rows."""
-        rows = self._run(digits)
+        batch = np.stack(digits)
+        rows = self._run(batch)
         self.inputs_served += len(digits)
         for index, count in enumerate(np.bincount(rows.argmax(axis=1),
                                                   minlength=len(self._predicted))):
             if count:
                 self._predicted[index].inc(int(count))
+        if self.drift is not None:
+            self.drift.observe(batch, rows)
         return list(rows)
 
-    def _run(self, digits: list[np.ndarray]) -> np.ndarray:
-        batch = normalize(np.stack(digits), self.normalization)
+    def _run(self, digits: np.ndarray) -> np.ndarray:
+        batch = normalize(digits, self.normalization)
         try:
             probabilities = self.model.runtime.predict_proba(batch)
         except torch.cuda.OutOfMemoryError as exc:
@@ -170,6 +176,7 @@ class ModelPool:
         self._loading: dict[str, asyncio.Future[ServedVersion]] = {}
         self._failures: dict[str, _Failure] = {}
         self.alias_failures: dict[str, str] = {}  # followed alias -> why its target is not served
+        self.drift = DriftMonitor.from_settings(settings)
 
     # --- the registry's names -----------------------------------------------------------------
 
@@ -312,9 +319,12 @@ class ModelPool:
                 path, runtime=self.settings.runtime, device=self.settings.device,
                 version=version, selection=card.get("runtimes"), read_only=True,
             )
+            reference = DriftReference.find(path.parent, model.metadata.get("weights_sha256"))
             served = ServedVersion(version, model, card, self.settings.max_batch_size)
-            return served.start(max_wait_ms=self.settings.max_batch_wait_ms,
-                                max_queue_size=self.settings.max_queue_size)
+            served.start(max_wait_ms=self.settings.max_batch_wait_ms,
+                         max_queue_size=self.settings.max_queue_size)
+            served.drift = self.drift.track(version, reference)
+            return served
         except (RuntimeUnavailable, CheckpointError) as exc:
             raise VersionUnavailable(
                 f"{name} {version} cannot be served: {exc}. Fix: roll back with "
@@ -361,6 +371,7 @@ class ModelPool:
                 return  # every loaded version is an alias target: nothing may go
             oldest = min(idle, key=lambda s: s.last_used)
             del self._served[oldest.version]
+            self.drift.untrack(oldest.version)
             log.info("unloading %s (least recently used; %d versions at most)",
                      oldest.version, self.settings.max_loaded_versions)
             try:
@@ -502,6 +513,7 @@ class ModelPool:
     def close(self) -> None:
         for served in list(self._served.values()):
             served.close()
+            self.drift.untrack(served.version)
         self._served.clear()
         self._following.clear()
         metrics.MODEL_READY.set(0)

@@ -73,6 +73,21 @@ SHADOW = Counter(
     ["model_version", "shadow_version", "outcome"],
 )
 
+# --- drift (monitoring.monitor; the signals and the alert rule: docs/drift.md) ----------------
+
+DRIFT_PSI = Gauge(
+    "lab2prod_drift_psi",
+    "Population stability index of a signal over the version's window of live inputs against "
+    "its release reference; set once the window is full.",
+    ["model_version", "signal"],
+)
+DRIFT_ALERT = Gauge(
+    "lab2prod_drift_alert",
+    "1 when the version's full window of live inputs has drifted from its release reference "
+    "(a signal with PSI >= 0.25 and p < 0.002), else 0; absent while the window fills.",
+    ["model_version"],
+)
+
 # --- cache ------------------------------------------------------------------------------------
 
 CACHE_REQUESTS = Counter(

@@ -9,10 +9,12 @@ record (``serving.json`` in the run folder):
   evaluation split (``inference.selection``): agreement with eager, accuracy drop, speed; the
   choice for ``RUNTIME`` and the fallback chain are recorded;
 - the *verification set* serving checks its runtime against on its own machine: evaluation
-  digits with eager's probabilities (``inference.verification``).
+  digits with eager's probabilities (``inference.verification``);
+- the *drift reference* serving compares its live inputs with: the drift signals of the same
+  digits with the same probabilities (``monitoring.reference``, ``drift-reference.json``).
 
-The exported runtime files of the chain and the verification set are listed as artefacts; a
-passing release publishes them with the version.
+The exported runtime files of the chain, the verification set and the drift reference are listed
+as artefacts; a passing release publishes them with the version.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from service.inference.verification import (
     VerificationSet,
 )
 from service.ml.records import SERVING_RECORD, EvaluationRecord, write_json
+from service.monitoring.reference import DRIFT_REFERENCE_FILE, DriftReference
+from service.monitoring.signals import digit_signals
 
 
 def run_serving_checks(
@@ -132,9 +136,10 @@ def prepare_runtimes(
     criteria: RuntimeCriteria, requested: str = "auto", device: str = "auto", threads: int = 1,
     variants: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The runtime table and the verification set for this checkpoint, measured on these
-    evaluation digits; the files to publish with it are written to ``folder`` (next to the
-    checkpoint): {"runtimes": the card's section, "verification_set", "artefacts": names}."""
+    """The runtime table, the verification set and the drift reference for this checkpoint,
+    measured on these evaluation digits; the files to publish with it are written to ``folder``
+    (next to the checkpoint): {"runtimes": the card's section, "verification_set",
+    "drift_reference", "artefacts": names}."""
     from service.inference.selection import select_runtime
     from service.ml.checkpoint import load_checkpoint
     from service.ml.device import resolve_device
@@ -145,13 +150,17 @@ def prepare_runtimes(
         names=variants,
     )
     keep = slice(0, MAX_VERIFICATION_DIGITS)
+    weights = str(loaded.metadata["weights_sha256"])
     verification = VerificationSet(
-        images[keep], labels[keep], eager[keep], str(loaded.metadata["weights_sha256"]), criteria,
+        images[keep], labels[keep], eager[keep], weights, criteria,
     ).save(Path(folder) / VERIFICATION_FILE)
+    reference = DriftReference.build(digit_signals(images, eager), eager.shape[1], weights) \
+        .save(Path(folder) / DRIFT_REFERENCE_FILE)
     artefacts = [Path(variant.artifact).name for name in selection.chain
                  if (variant := selection.measured(name)) and variant.artifact]
     return {
         "runtimes": {**selection.as_dict(), "summary": selection.explain()},
         "verification_set": verification.name,
-        "artefacts": [*artefacts, verification.name],
+        "drift_reference": reference.name,
+        "artefacts": [*artefacts, verification.name, reference.name],
     }

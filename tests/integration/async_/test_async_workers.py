@@ -1,5 +1,6 @@
 """Real ``lab2prod worker`` processes on real RabbitMQ and Redis, with a trained model:
-SIGKILL mid-run loses nothing and finishes every job exactly once; SIGTERM drains and exits 0."""
+SIGKILL mid-run loses nothing and finishes every job exactly once; SIGTERM drains and exits 0;
+the inputs workers compute fill the drift window the API reports."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import aio_pika
 import numpy as np
 import pytest
 import redis
-from support.models import direct_predictions, held_out_digits
+from support.app import serving, settings_for
+from support.models import direct_predictions, held_out_digits, unseen_training_digits
 from support.rabbitmq import queue_counts
+from support.registry import publish_release
 from support.servers import start_worker, worker_env
 
 from service.queue.broker import RabbitBroker
@@ -142,3 +145,27 @@ async def test_sigterm_finishes_the_jobs_in_hand_acks_them_and_exits_zero(
     assert returned <= 16
     assert "worker stopped" in log.read_text()
     await store.close()
+
+
+async def test_the_inputs_workers_compute_fill_the_drift_window_the_api_reports(
+    amqp_url, queue_name, redis_url, trained_checkpoint, tmp_path: Path
+):
+    registry = tmp_path / "models"
+    publish_release(registry, trained_checkpoint, *unseen_training_digits(1000))
+    inverted = 255 - held_out_digits(1000)[0]
+    env = worker_env(amqp_url=amqp_url, redis_url=redis_url, registry=registry, queue=queue_name,
+                     MODEL_POLL_INTERVAL_S="0")
+    store = RedisResultStore(redis_url, ttl_s=600)
+    ids = await publish_all(amqp_url, queue_name, inverted)
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        await wait_for_results(store, ids, at_least=len(ids), timeout=180)
+        worker.send_signal(signal.SIGTERM)  # pushes what it still holds as it stops
+        assert worker.wait(30) == 0
+    finally:
+        stop(worker, signal.SIGKILL)
+        await store.close()
+    async with serving(settings_for(registry, redis_url=redis_url)) as (_, client):
+        report = (await client.get("/drift")).json()  # this instance computed nothing
+    assert report["window"] == {"size": 1000, "filled": 1000, "shared": True}
+    assert report["verdict"] == "alert"

@@ -1,5 +1,5 @@
-"""The API's routers: predict, ops and v2 (the Open Inference Protocol) always; classify and ws
-(async jobs) when present.
+"""The API's routers: predict, ops, drift, page and v2 (the Open Inference Protocol) always;
+classify and ws (async jobs) when present.
 
 An optional route module defines ``router`` and may define ``lifespan(app)``, an async context
 manager the app enters at start-up (after the model is loaded) and leaves at shutdown: that is
@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from service.api.routes import ops, page, predict, v2
+from service.api.routes import drift, ops, page, predict, v2
 
 OPTIONAL_MODULES = ("classify", "ws")
 
@@ -25,7 +25,7 @@ Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 
 
 def collect() -> tuple[list[APIRouter], list[Lifespan]]:
-    routers: list[APIRouter] = [predict.router, ops.router, page.router, v2.router]
+    routers: list[APIRouter] = [predict.router, ops.router, drift.router, page.router, v2.router]
     lifespans: list[Lifespan] = []
     for name in OPTIONAL_MODULES:
         module_name = f"{__name__}.{name}"

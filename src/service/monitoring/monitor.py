@@ -1,0 +1,162 @@
+"""Drift monitoring while serving: each loaded version with a drift reference gets a
+``VersionDrift``, which every prediction it computes passes through (``ServedVersion.predict``,
+on the inference thread, for the API and the workers alike; cache hits compute nothing and
+are not counted).
+
+The request path only keeps the batch it already has (the uint8 digits and the probability
+rows, no copy) in a bounded buffer, under a lock; nothing is computed there (the cost per
+digit: docs/drift.md). ``DriftMonitor.run``, a task of the API and of each worker, drains the
+buffers every ``FLUSH_S`` off the request path: the signals of everything buffered are computed
+at once in a worker thread, added to the version's in-process window and pushed to its shared
+window in Redis (``monitoring.window``). Every ``REFRESH_S`` each window is compared with its
+reference (``monitoring.drift``) and the ``lab2prod_drift_*`` gauges are set, once the window
+is full; GET /drift does the same for one version on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from service.monitoring import metrics
+from service.monitoring.drift import RULE, compare
+from service.monitoring.reference import DriftReference
+from service.monitoring.signals import SIGNAL_NAMES, digit_signals
+from service.monitoring.window import RedisWindows, RingWindow
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+FLUSH_S = 1.0  # how stale a shared window may be
+REFRESH_S = 15.0  # how often the gauges are recomputed: about one Prometheus scrape interval
+
+
+class VersionDrift:
+    """One version's buffer of inputs not yet drained and its in-process window."""
+
+    def __init__(self, version: str, reference: DriftReference, size: int) -> None:
+        self.version = version
+        self.reference = reference
+        self.window = RingWindow(size, len(SIGNAL_NAMES))
+        self._pending: deque[tuple[np.ndarray, np.ndarray]] = deque()
+        self._pending_inputs = 0
+        self._pending_lock = threading.Lock()  # the inference thread against the drain
+        self._window_lock = threading.Lock()  # drains and reads, from worker threads
+
+    def observe(self, digits: np.ndarray, probabilities: np.ndarray) -> None:
+        """Inference thread: keep this batch for the next drain. More than a window's worth
+        waiting drops the oldest batches: they would leave the window anyway."""
+        with self._pending_lock:
+            self._pending.append((digits, probabilities))
+            self._pending_inputs += len(digits)
+            while self._pending_inputs - len(self._pending[0][0]) >= self.window.size:
+                self._pending_inputs -= len(self._pending.popleft()[0])
+
+    def drain(self) -> np.ndarray:
+        """Off the request path: the signal rows of the buffered inputs, now also in the
+        in-process window."""
+        with self._pending_lock:
+            batches, self._pending, self._pending_inputs = self._pending, deque(), 0
+        if not batches:
+            return np.empty((0, len(SIGNAL_NAMES)), dtype=np.float32)
+        rows = digit_signals(np.concatenate([digits for digits, _ in batches]),
+                             np.concatenate([probabilities for _, probabilities in batches]))
+        with self._window_lock:
+            self.window.extend(rows)
+        return rows
+
+    def rows(self) -> np.ndarray:
+        with self._window_lock:
+            return self.window.rows()
+
+
+class DriftMonitor:
+    """Every tracked version's drift, in one process (the pool owns one)."""
+
+    def __init__(self, size: int, shared: RedisWindows | None = None) -> None:
+        self.size = size
+        self.shared = shared
+        self._versions: dict[str, VersionDrift] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DriftMonitor:
+        shared = RedisWindows(
+            settings.redis_url, namespace=f"lab2prod:drift:{settings.model_name}",
+            size=settings.drift_window, width=len(SIGNAL_NAMES),
+            timeout_s=settings.redis_timeout_s, breaker_failures=settings.breaker_failures,
+            breaker_reset_s=settings.breaker_reset_s,
+        ) if settings.redis_url else None
+        return cls(settings.drift_window, shared)
+
+    def track(self, version: str, reference: DriftReference | None) -> VersionDrift | None:
+        """Start watching a loaded version; None (nothing to watch) without a reference."""
+        if reference is None:
+            return None
+        tracked = self._versions[version] = VersionDrift(version, reference, self.size)
+        return tracked
+
+    def untrack(self, version: str) -> None:
+        """The version was unloaded: forget it, and its gauges."""
+        self._versions.pop(version, None)
+        with contextlib.suppress(KeyError):
+            metrics.DRIFT_ALERT.remove(version)
+        for signal in SIGNAL_NAMES:
+            with contextlib.suppress(KeyError):
+                metrics.DRIFT_PSI.remove(version, signal)
+
+    async def flush(self, tracked: VersionDrift) -> None:
+        rows = await asyncio.to_thread(tracked.drain)
+        if len(rows) and self.shared is not None:
+            await self.shared.push(tracked.version, rows)  # not taken: the local window has them
+
+    async def report(self, version: str) -> dict[str, Any]:
+        """GET /drift's answer for a loaded version: its window against its reference now."""
+        tracked = self._versions.get(version)
+        if tracked is None:
+            return {"model_version": version, "verdict": "no reference", "alert": None,
+                    "window": {"size": self.size, "filled": 0, "shared": False},
+                    "reference": None, "rule": RULE, "signals": {}}
+        await self.flush(tracked)
+        rows = await self.shared.read(version) if self.shared is not None else None
+        shared = rows is not None
+        if rows is None:
+            rows = await asyncio.to_thread(tracked.rows)
+        report = await asyncio.to_thread(compare, tracked.reference, rows, self.size)
+        if report.full:
+            for signal in report.signals:
+                metrics.DRIFT_PSI.labels(version, signal.name).set(signal.psi)
+            metrics.DRIFT_ALERT.labels(version).set(int(bool(report.alert)))
+        return {
+            "model_version": version, "verdict": report.verdict, "alert": report.alert,
+            "window": {"size": self.size, "filled": report.filled, "shared": shared},
+            "reference": {"digits": tracked.reference.digits}, "rule": RULE,
+            "signals": {signal.name: signal.as_dict() for signal in report.signals},
+        }
+
+    async def run(self) -> None:
+        """Drain every FLUSH_S and refresh the gauges every REFRESH_S, until cancelled."""
+        refresh_at = time.monotonic() + REFRESH_S
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            refresh = time.monotonic() >= refresh_at
+            if refresh:
+                refresh_at = time.monotonic() + REFRESH_S
+            for version, tracked in list(self._versions.items()):
+                try:
+                    await (self.report(version) if refresh else self.flush(tracked))
+                except Exception:  # the monitor never stops, nor stops anything else
+                    log.exception("drift monitoring failed for %s", version)
+
+    async def close(self) -> None:
+        """Push what is still buffered (best effort), then let go of Redis."""
+        for tracked in list(self._versions.values()):
+            with contextlib.suppress(Exception):
+                await self.flush(tracked)
+        if self.shared is not None:
+            await self.shared.close()

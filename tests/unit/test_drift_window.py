@@ -1,0 +1,83 @@
+"""The drift windows: what the request path keeps (and drops), what a drain computes off it, the
+in-process ring, and a shared window whose Redis is unreachable."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from support.servers import free_port
+
+from service.monitoring.monitor import DriftMonitor, VersionDrift
+from service.monitoring.reference import DriftReference
+from service.monitoring.signals import digit_signals
+from service.monitoring.window import RedisWindows, RingWindow
+
+PROBABILITIES = np.eye(10, dtype=np.float32)
+
+
+def digits(count: int, level: int = 255) -> np.ndarray:
+    batch = np.zeros((count, 28, 28), np.uint8)
+    batch[:, 10:20, 12:16] = level
+    return batch
+
+
+def reference() -> DriftReference:
+    return DriftReference.build(digit_signals(digits(10), PROBABILITIES), 10, "sha256:x")
+
+
+def test_the_ring_keeps_the_latest_rows_across_the_wrap():
+    ring = RingWindow(size=5, width=1)
+    for start in (0, 3, 6):
+        ring.extend(np.arange(start, start + 3, dtype=np.float32)[:, None])
+    assert ring.filled == 5
+    assert sorted(ring.rows()[:, 0].tolist()) == [4, 5, 6, 7, 8]
+    ring.extend(np.arange(100, 112, dtype=np.float32)[:, None])  # more than the ring at once
+    assert sorted(ring.rows()[:, 0].tolist()) == [107, 108, 109, 110, 111]
+
+
+def test_the_request_path_only_keeps_the_batch_and_a_drain_computes_its_signals():
+    tracked = VersionDrift("v1", reference(), size=100)
+    batch = digits(10)
+    tracked.observe(batch, PROBABILITIES)
+    assert tracked.rows().shape == (0, 5)  # nothing computed on the request path
+    rows = tracked.drain()
+    assert np.array_equal(rows, digit_signals(batch, PROBABILITIES))
+    assert np.array_equal(tracked.rows(), rows)
+    assert len(tracked.drain()) == 0  # drained once
+
+
+def test_more_than_a_window_waiting_drops_the_oldest_batches():
+    tracked = VersionDrift("v1", reference(), size=100)
+    for level in range(1, 31):  # 300 inputs, batches of 10, each batch its own ink level
+        tracked.observe(digits(10, level=level), PROBABILITIES)
+    rows = tracked.drain()
+    kept = digit_signals(np.concatenate([digits(10, level) for level in range(21, 31)]),
+                         np.tile(PROBABILITIES, (10, 1)))
+    assert np.array_equal(rows, kept)  # the latest 100 inputs, the window's worth
+
+
+async def test_a_version_without_a_reference_is_not_tracked_and_says_so():
+    monitor = DriftMonitor(size=100)
+    assert monitor.track("v1", None) is None
+    report = await monitor.report("v1")
+    assert (report["verdict"], report["signals"], report["reference"]) == ("no reference", {}, None)
+
+
+async def test_an_unreachable_redis_is_stopped_being_called_and_the_local_window_answers():
+    shared = RedisWindows(f"redis://127.0.0.1:{free_port()}/0", namespace="test", size=100,
+                          width=5, timeout_s=0.05, breaker_failures=2, breaker_reset_s=60)
+    monitor = DriftMonitor(size=100, shared=shared)
+    tracked = monitor.track("v1", reference())
+    assert tracked is not None
+    try:
+        started = time.perf_counter()
+        for _ in range(5):
+            tracked.observe(digits(10), PROBABILITIES)
+            report = await monitor.report("v1")
+        elapsed = time.perf_counter() - started
+    finally:
+        await monitor.close()
+    assert report["window"] == {"size": 100, "filled": 50, "shared": False}
+    assert not shared.reachable and shared.breaker.failures == 2  # then no call was made
+    assert elapsed < 1.0
