@@ -9,7 +9,7 @@ MLFLOW_VENV ?= .venv-mlflow
 MLFLOW_SERVER ?= mlflow>=3.17,<4
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: install mlflow-server run test lab bench system-deps clean
+.PHONY: install mlflow-server run test lab bench bench-peers system-deps clean
 
 $(BIN)/lab2prod: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,8 +48,26 @@ lab: install
 test: install mlflow-server system-deps
 	$(BIN)/python -m pytest
 
-bench: install system-deps
+# The serving frameworks `lab2prod bench` measures beside ours, each in a venv of its own (their
+# pins clash with one another and with .venv's), each with onnxruntime, numpy and Pillow and no
+# torch: they serve the int8 ONNX file our release exports (scripts/baselines/requirements/).
+# Triton's Python-backend stub fails under a pyenv-built Python ('_thread.RLock' object has no
+# attribute '_recursion_count') and works under Debian's, so its venv is made from that one.
+PEERS := triton bentoml kserve ray
+PEER_PYTHON_triton ?= $(shell [ -x /usr/bin/python3.11 ] && echo /usr/bin/python3.11 || echo $(PYTHON))
+PEER_REQUIREMENTS := scripts/baselines/requirements
+
+.venv-bench-%/installed: $(PEER_REQUIREMENTS)/%.txt $(PEER_REQUIREMENTS)/common.txt
+	rm -rf .venv-bench-$*
+	$(or $(PEER_PYTHON_$*),$(PYTHON)) -m venv .venv-bench-$*
+	.venv-bench-$*/bin/pip install --quiet --upgrade pip
+	.venv-bench-$*/bin/pip install --quiet -r $<
+	touch $@
+
+bench-peers: $(PEERS:%=.venv-bench-%/installed)
+
+bench: install system-deps bench-peers
 	$(BIN)/lab2prod bench
 
 clean:
-	rm -rf $(VENV) $(MLFLOW_VENV) runs models .pytest_cache
+	rm -rf $(VENV) $(MLFLOW_VENV) $(PEERS:%=.venv-bench-%) runs models .pytest_cache

@@ -4,31 +4,29 @@ inference worker on CPU (its documented way of serving a model with batching).""
 from __future__ import annotations
 
 import litserve as ls
-import torch
-from common import load_model, parse_args, to_input
+import numpy as np
+from common import load_predict, parse_args
+from onnx_model import to_response
 
 
 class DigitAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
-        self.model = load_model(args.checkpoint)
+        self.predict_proba = load_predict(args)
 
-    def decode_request(self, request: dict) -> torch.Tensor:
-        return to_input(request["pixels"])
+    def decode_request(self, request: dict) -> np.ndarray:
+        return np.asarray(request["pixels"], dtype=np.float32)
 
-    def batch(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat(inputs)
+    def batch(self, inputs: list[np.ndarray]) -> np.ndarray:
+        return np.stack(inputs)
 
-    def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.model(batch).exp()
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.predict_proba(batch)
 
-    def unbatch(self, output: torch.Tensor) -> list[torch.Tensor]:
+    def unbatch(self, output: np.ndarray) -> list[np.ndarray]:
         return list(output)
 
-    def encode_response(self, probabilities: torch.Tensor) -> dict:
-        digit = int(probabilities.argmax())
-        return {"digit": digit, "confidence": float(probabilities[digit]),
-                "probabilities": probabilities.tolist()}
+    def encode_response(self, probabilities: np.ndarray) -> dict:
+        return to_response(probabilities)
 
 
 args = parse_args(__doc__)

@@ -3,15 +3,16 @@ off the event loop into Starlette's thread pool, one request per call."""
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 import uvicorn
-from common import load_model, parse_args, to_input, to_response
+from common import load_predict, parse_args
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from onnx_model import to_response
 from pydantic import BaseModel
 
 args = parse_args(__doc__)
-model = load_model(args.checkpoint)
+predict_proba = load_predict(args)
 app = FastAPI()
 
 
@@ -20,8 +21,7 @@ class Digit(BaseModel):
 
 
 def infer(pixels: list[float]) -> dict:
-    with torch.no_grad():
-        return to_response(model(to_input(pixels)))
+    return to_response(predict_proba(np.asarray(pixels, dtype=np.float32))[0])
 
 
 @app.get("/health")

@@ -75,6 +75,12 @@ def v2_body(digit: np.ndarray) -> bytes:
                                      "datatype": "UINT8", "data": digit.reshape(-1).tolist()}]})
 
 
+def rows_body(digit: np.ndarray) -> bytes:
+    """One digit as a one-row batch, ``{"pixels": [[784 values]]}``: what an API that batches
+    along the first dimension takes (BentoML's batchable APIs)."""
+    return orjson.dumps({"pixels": [digit.reshape(-1).tolist()]})
+
+
 def batch_body(digits: np.ndarray) -> bytes:
     return orjson.dumps({"items": [{"pixels": d.reshape(-1).tolist()} for d in digits]})
 
@@ -124,12 +130,12 @@ def build_body_sets(
     batch_items: int = 16, png_sides: tuple[int, int] = (28, 400), seed: int = 0,
     model_name: str = "mnist-cnn",
 ) -> dict[str, BodySet]:
-    """json (distinct), json-same (one body), v2 (json's digits as v2 protocol requests),
-    png (distinct, 28..400 px), batch (distinct).
+    """json (distinct), json-same (one body), v2 and json-rows (json's digits as v2 protocol
+    requests and as one-row batches), png (distinct, 28..400 px), batch (distinct).
 
-    Each set gets its own digits, so no body of one set repeats a digit of another, except v2:
-    it sends json's digits in json's order, walked as one sequence with json's. A batch
-    request holds 16 digits: at c=64 that keeps 1,024 digits in flight, the default
+    Each set gets its own digits, so no body of one set repeats a digit of another, except v2
+    and json-rows: they send json's digits in json's order, walked as one sequence with json's.
+    A batch request holds 16 digits: at c=64 that keeps 1,024 digits in flight, the default
     MAX_QUEUE_SIZE (more would be refused with 503 by design, not measured as throughput)."""
     folder.mkdir(parents=True, exist_ok=True)
     batch_total = batch_bodies * batch_items
@@ -150,6 +156,7 @@ def build_body_sets(
     add("json-same", [json_body(same_digit)], JSON, "/predict")
     add("v2", [v2_body(d) for d in json_digits], JSON, f"/v2/models/{model_name}/infer",
         digits="json")
+    add("json-rows", [rows_body(d) for d in json_digits], JSON, "/predict", digits="json")
     boundary = f"lab2prod-{uuid.uuid4().hex}"
     sides = rng.integers(png_sides[0], png_sides[1] + 1, png_count)
     uploads = [png_upload(d, int(side), paper=bool(i % 2))

@@ -6,6 +6,8 @@ shared machine spread over all of them. Figures are medians over rounds, with th
 
 Targets (a server and a body set):
   ours, tutorial, threadpool, litserve   JSON pixels, >= 1,000 distinct digits (misses)
+  *-int8, triton, kserve, bentoml, ...   the same bodies to servers of the int8 ONNX file ours
+                                         serves ("same runtime" rows: service.bench.peers)
   ours-v2                                the same digits as v2 protocol JSON (POST /v2/.../infer)
   ours-png                               PNG uploads 28..400 px, distinct (misses)
   ours-batch                             POST /predict/batch, 16 distinct digits a request
@@ -33,13 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from service.bench import bodies as bodies_module
-from service.bench import wrk
+from service.bench import peers, wrk
 from service.bench.servers import Server, ServerSpec, free_port, python_command, stop_all
 from service.bench.wrk import BenchError
 
 log = logging.getLogger(__name__)
 
-BASELINE_TARGETS = ("tutorial", "threadpool", "litserve")
+BASELINE_TARGETS = tuple(peers.TARGETS)
 # target -> (server, body set)
 TARGETS: dict[str, tuple[str, str]] = {
     "ours": ("ours", "json"),
@@ -53,6 +55,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "ours-hit-redis": ("ours-redis", "json-same"),
     "ours-shadow": ("ours-shadow", "json"),  # every request also answered by a shadow version
 }
+TARGETS.update(peers.TARGETS)  # the baselines and peers, eager and same-runtime
 # The bench registry holds the checkpoint three times, so that one server can load three versions
 # (memory of 1 vs 3) and another can shadow production with a second version.
 BENCH_VERSIONS = {"production": "v1", "shadow": "v2", "spare": "v3"}
@@ -77,6 +80,7 @@ class BenchConfig:
     amqp_url: str | None = None
     model_name: str = "mnist-cnn"
     scripts_dir: Path = Path("scripts")  # the project's baselines/ and wrk/ (like notebooks/)
+    venvs_dir: Path = Path(".")  # where `make bench-peers` put the peers' .venv-bench-* folders
 
     @property
     def baselines(self) -> Path:
@@ -96,6 +100,9 @@ class BenchConfig:
         unknown = [t for t in self.targets if t not in TARGETS]
         if unknown:
             raise BenchError(f"unknown targets {unknown}; choose from {', '.join(TARGETS)}")
+        missing = peers.missing_venvs({TARGETS[t][0] for t in self.targets}, self)
+        if missing:
+            raise BenchError("; ".join(missing))
         if self.distinct < 1000 or self.distinct <= MISS_CACHE_SIZE:
             raise BenchError(f"--distinct must be >= 1000 (and > {MISS_CACHE_SIZE}) so that "
                              "miss-path figures never hit a cache")
@@ -152,9 +159,9 @@ def publish_registry(checkpoint: Path, work_dir: Path, model_name: str) -> Path:
 
 
 def server_specs(
-    config: BenchConfig, registry: Path, redis_port: int | None
+    config: BenchConfig, registry: Path, redis_port: int | None,
+    same_runtime_file: Path | None = None,
 ) -> dict[str, ServerSpec]:
-    checkpoint = str(config.checkpoint.resolve())
     ours_env = {
         "REGISTRY_URL": str(registry), "MODEL_NAME": config.model_name,
         "MODEL_ALIAS": "production", "TORCH_THREADS": "1", "MODEL_POLL_INTERVAL_S": "0",
@@ -177,14 +184,7 @@ def server_specs(
             "/ready", {**ours_env, "CACHE_SIZE": "0",
                        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"},
         )
-    scripts = {"tutorial": "tutorial.py", "threadpool": "threadpool.py",
-               "litserve": "litserve_server.py"}
-    for name, script in scripts.items():
-        port = free_port()
-        specs[name] = ServerSpec(
-            name, python_command(str(config.baselines / script), "--checkpoint", checkpoint,
-                                 "--port", str(port)), port, "/health",
-        )
+    specs.update(peers.specs(config, same_runtime_file))
     return specs
 
 
@@ -249,7 +249,9 @@ def check_one_request(server: Server, body_set: bodies_module.BodySet) -> None:
     except Exception as exc:
         raise BenchError(f"{server.spec.name} did not answer {body_set.name} on {body_set.route}"
                          f" ({exc}); the end of its log:\n{server.log_tail()}") from exc
-    if not {"predictions", "digit", "outputs"} & set(payload):
+    if isinstance(payload, list) and payload:  # a batchable API answers one-row batches
+        payload = payload[0]
+    if not isinstance(payload, dict) or not {"predictions", "digit", "outputs"} & set(payload):
         raise BenchError(f"{server.spec.name} answered {body_set.name} with {str(payload)[:200]}")
 
 
@@ -272,6 +274,10 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
                                               model_name=config.model_name)
     registry = publish_registry(config.checkpoint, run_dir, config.model_name)
     wanted_servers = {TARGETS[t][0] for t in config.targets}
+    same_runtime: dict[str, Any] = {}
+    if any(peers.family(t) == peers.SAME_RUNTIME for t in config.targets):
+        same_runtime = peers.same_runtime_file(registry, config.model_name)
+        body_sets.update(peers.peer_body_sets(body_sets))
     need_redis = "ours-redis" in wanted_servers or config.workers > 0
     servers: dict[str, Server] = {}
     memory: dict[str, Any] = {}
@@ -284,7 +290,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
             redis_port = free_port()
             redis = servers["redis"] = Server(redis_spec(redis_port), config.server_cpu, log_dir)
             redis.start().wait_ready(30)
-        specs = server_specs(config, registry, redis_port)
+        specs = server_specs(config, registry, redis_port, same_runtime.get("path"))
         for name in sorted(wanted_servers):
             servers[name] = Server(specs[name], config.server_cpu, log_dir).start()
         for name in sorted(wanted_servers):
@@ -302,8 +308,9 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
                              seconds=config.warmup_s, cpu=config.client_cpu,
                              start=cursor.at(server_name, sequence), script=config.wrk_script)
             cursor.advance(server_name, sequence, result.requests + 8)
+        idle = idle_cpu({name: servers[name] for name in wanted_servers})
         for name in sorted(wanted_servers):
-            memory[name] = {"after_warmup": servers[name].memory()}
+            memory[name] = {"after_warmup": servers[name].memory(), "idle_cpu_cores": idle[name]}
         total = config.rounds * len(config.concurrencies) * len(config.targets)
         for round_index in range(config.rounds):
             for concurrency in config.concurrencies:
@@ -327,7 +334,20 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         stop_all(list(servers.values()))
         shutil.rmtree(run_dir / "bodies", ignore_errors=True)  # tens of MB a run; logs stay
     context = _context(config, started, note)
+    context["target_servers"] = {t: TARGETS[t][0] for t in config.targets}
+    if same_runtime:
+        context["same_runtime"] = {"file": str(same_runtime["path"]),
+                                   "ours_runtime": same_runtime["ours_runtime"]}
     return assemble(runs, memory, context, uploads)
+
+
+def idle_cpu(servers: dict[str, Server], seconds: float = 3.0) -> dict[str, float]:
+    """Cores each idle server burns (background threads, heartbeats): taken from whichever
+    server is measured on the same core, so the report shows it beside memory."""
+    before = {name: server.cpu_seconds() for name, server in servers.items()}
+    time.sleep(seconds)
+    return {name: round((server.cpu_seconds() - before[name]) / seconds, 3)
+            for name, server in servers.items()}
 
 
 def upload_costs(body_set: bodies_module.BodySet, cpu: int, limit: int = 512) -> dict[str, float]:
@@ -524,13 +544,15 @@ def _median(rows: list[dict[str, Any]], target: str, concurrency: int, metric: s
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Our median JSON req/s over each baseline's, per concurrency."""
+    """Our median req/s over each baseline's and peer's, per concurrency, ours sending the same
+    bodies (JSON, v2 or PNG: peers.REFERENCE); labelled "ours / tutorial", "ours-v2 / triton"."""
     result: dict[str, dict[str, float]] = {}
     for row in rows:
-        ours = _median(rows, "ours", row["concurrency"], "requests_per_s")
-        if row["target"] not in BASELINE_TARGETS or not ours or not row["requests_per_s"]["median"]:
+        reference = peers.REFERENCE.get(row["target"])
+        ours = reference and _median(rows, reference, row["concurrency"], "requests_per_s")
+        if not ours or not row["requests_per_s"]["median"]:
             continue
-        result.setdefault(f"c={row['concurrency']}", {})[f"ours / {row['target']}"] = round(
+        result.setdefault(f"c={row['concurrency']}", {})[f"{reference} / {row['target']}"] = round(
             ours / row["requests_per_s"]["median"], 2)
     return result
 

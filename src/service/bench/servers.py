@@ -1,5 +1,6 @@
 """Servers under test: started pinned to one core in their own process group, watched through
-/proc (CPU time and memory of the whole process tree), and always stopped, even on Ctrl-C."""
+/proc (CPU time and memory of the whole process tree: the group, and descendants that made groups
+of their own, as BentoML's worker and Ray's actors do), and always stopped, even on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -52,6 +53,31 @@ def process_group(leader: int) -> list[int]:
         if fields and int(fields[2]) == leader:  # field 5 of /proc/pid/stat: process group
             members.append(int(entry))
     return members
+
+
+def process_tree(leader: int) -> list[int]:
+    """The leader's process group and every descendant of the leader, wherever its group."""
+    parents: dict[int, int] = {}
+    members = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if fields:
+            parents[int(entry)] = int(fields[1])  # field 4 of /proc/pid/stat: parent
+            if int(fields[2]) == leader:
+                members.add(int(entry))
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    stack = [leader, *members]
+    while stack:
+        pid = stack.pop()
+        for child in children.get(pid, []):
+            if child not in members:
+                members.add(child)
+                stack.append(child)
+    return sorted(members | ({leader} & set(parents)))
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -129,7 +155,7 @@ class Server:
             return False
 
     def pids(self) -> list[int]:
-        return process_group(self.process.pid) if self.process else []
+        return process_tree(self.process.pid) if self.process else []
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pids())
@@ -157,25 +183,41 @@ def stop_all(servers: list[Server], grace_s: float = 8.0) -> None:
     """SIGTERM every server's process group at once, SIGKILL what is left after ``grace_s``."""
     running = [server for server in servers if server.process is not None]
     groups = {server.process.pid for server in running if server.process is not None}
+    # descendants in groups of their own: their parents stop them on SIGTERM; SIGKILL if not
+    strays = {pid for server in running for pid in server.pids()} - _members(groups)
     for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         for group in groups:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(group, signum)
+        if signum == signal.SIGKILL:
+            for pid in strays:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signum)
         deadline = time.monotonic() + wait_s
-        while groups and time.monotonic() < deadline:
+        while (groups or strays) and time.monotonic() < deadline:
             for server in running:  # reap the leaders so that their groups can empty
                 if server.process is not None:
                     server.process.poll()
             groups = {group for group in groups if process_group(group)}
-            if groups:
+            strays = {pid for pid in strays if _alive(pid)}
+            if groups or strays:
                 time.sleep(0.1)
-        if not groups:
+        if not groups and not strays:
             break
     for server in running:
         if server.process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 server.process.wait(timeout=1)
         server.process = None
+
+
+def _members(groups: set[int]) -> set[int]:
+    return {pid for group in groups for pid in process_group(group)}
+
+
+def _alive(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def python_command(*args: str) -> list[str]:

@@ -1,9 +1,14 @@
 """``lab2prod bench``: our service against the usual ways of serving this model, in one run.
 
 Starts every server itself (ours through ``lab2prod serve`` on a temporary registry holding the
-checkpoint; the tutorial, threadpool and LitServe baselines from scripts/baselines/), pins each
-to one core with taskset, drives it with wrk pinned to the other core at each concurrency in
+checkpoint; the tutorial, threadpool and LitServe baselines from scripts/baselines/, in eager
+PyTorch as the tutorials do and again on the int8 ONNX file ours serves; Triton, BentoML, KServe
+and Ray Serve on that same file, from the venvs `make bench-peers` builds), pins each to one
+core with taskset, drives it with wrk pinned to the other core at each concurrency in
 interleaved rounds, and writes results.json, results.md and results.png to --out.
+
+``--check-peers`` instead starts each same-runtime server once, checks one answer per target
+against the ONNX file's own, and prints its memory (about a minute).
 
 ``--runtimes`` instead measures the inference runtime variants (latency on one thread,
 accuracy, agreement with eager) and writes runtimes.json and runtimes.md.
@@ -42,6 +47,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--runtimes", action="store_true",
                         help="measure the inference runtime variants instead of HTTP serving")
+    parser.add_argument("--check-peers", action="store_true",
+                        help="start each same-runtime server once (those of --targets, default "
+                        "all), check one answer per target, stop it; no load")
     parser.add_argument("--checkpoint", help="checkpoint to serve (default: the registry's "
                         "production model, else one trained briefly on mnist-5k)")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"),
@@ -68,6 +76,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--variants", help="--runtimes: comma-separated names (default all)")
     parser.add_argument("--scripts", type=Path, default=Path("scripts"),
                         help="the project folder's baselines/ and wrk/ (default: scripts)")
+    parser.add_argument("--venvs", type=Path, default=Path("."),
+                        help="folder holding the peers' .venv-bench-* (`make bench-peers`; "
+                        "default: the current one)")
     parser.set_defaults(handler=run)
 
 
@@ -92,22 +103,60 @@ def run(args: argparse.Namespace) -> int:
         data = runtimes.run(checkpoint, source, args.out, seconds=args.seconds, names=names)
         print(runtimes.markdown(data))
         return 0
+    if args.check_peers:
+        return _check_peers(args, checkpoint, settings)
     return _serving(args, checkpoint, source, settings)
 
 
-def _serving(args: argparse.Namespace, checkpoint: Path, source: str, settings: Any) -> int:
-    from service.bench import report
-    from service.bench.harness import BenchConfig, run_benchmark
+def _check_peers(args: argparse.Namespace, checkpoint: Path, settings: Any) -> int:
+    from service.bench import peer_check, peers
     from service.bench.wrk import BenchError
+    from service.inference.export import ensure_artifact
+    from service.ml.checkpoint import load_checkpoint
 
-    config = BenchConfig(
+    config = _config(args, checkpoint, "", settings)
+    same_runtime = [name for name, server in peers.PEER_SERVERS.items()
+                    if server.family == peers.SAME_RUNTIME]
+    wanted = {TARGETS[t][0] for t in config.targets} & set(same_runtime)
+    servers = [name for name in same_runtime if name in wanted]
+    try:
+        config.validate()
+        if not servers:
+            raise BenchError("--targets holds no same-runtime target; choose from "
+                             + ", ".join(t for t in peers.TARGETS
+                                         if peers.family(t) == peers.SAME_RUNTIME))
+        onnx = ensure_artifact(load_checkpoint(checkpoint), peers.SAME_RUNTIME_VARIANT)
+        signal.signal(signal.SIGTERM, _interrupt)
+        results = peer_check.check(config, servers, onnx)
+    except BenchError as exc:
+        print(f"lab2prod bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lab2prod bench: interrupted; every server it started is stopped", file=sys.stderr)
+        return 130
+    print(f"serving {onnx}\n\n{peer_check.table(results)}")
+    return 0 if all(result.ok for result in results) else 1
+
+
+def _config(args: argparse.Namespace, checkpoint: Path, source: str, settings: Any) -> Any:
+    from service.bench.harness import BenchConfig
+
+    return BenchConfig(
         checkpoint=checkpoint, checkpoint_source=source, out_dir=args.out,
         work_dir=args.work_dir, seconds=args.duration, rounds=args.rounds,
         concurrencies=args.concurrency, server_cpu=args.server_cpu, client_cpu=args.client_cpu,
         targets=[t.strip() for t in args.targets.split(",")] if args.targets else list(TARGETS),
         distinct=args.distinct, workers=args.workers, amqp_url=settings.amqp_url,
-        model_name=settings.model_name, scripts_dir=args.scripts,
+        model_name=settings.model_name, scripts_dir=args.scripts, venvs_dir=args.venvs,
     )
+
+
+def _serving(args: argparse.Namespace, checkpoint: Path, source: str, settings: Any) -> int:
+    from service.bench import report
+    from service.bench.harness import run_benchmark
+    from service.bench.wrk import BenchError
+
+    config = _config(args, checkpoint, source, settings)
     # SIGTERM stops the run like Ctrl-C does: every server started is stopped on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
