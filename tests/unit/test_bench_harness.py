@@ -257,7 +257,7 @@ def test_report_writes_json_markdown_chart_and_the_readme_block(tmp_path):
     paths = report.write(data, tmp_path / "out", readme)
     assert json.loads(paths["json"].read_text())["ratios"]["c=64"]["ours / tutorial"] == 2.22
     text = paths["md"].read_text()
-    assert "| ours | 64 | 2,000 (1,800–2,400) |" in text
+    assert "| ours | ours | 64 | 2,000 (1,800–2,400) | 256 |" in text
     assert "ours / litserve **3.64x**" in text
     assert "| ours (after the load) | 512 | 256 | 1 |" in text
     assert "2 × lab2prod worker (workers only) | 1,024 | 512 | 2 |" in text
@@ -266,7 +266,7 @@ def test_report_writes_json_markdown_chart_and_the_readme_block(tmp_path):
     assert "old" not in updated and "before" in updated and "after" in updated
     assert "PNG could reach at most **0.55x** our JSON throughput" in updated
     assert "c=64 JSON req/s vs tutorial | 2.22 | >= 2.0x | yes |" in updated
-    assert "| ours | 900, 1.0/10 | 1,300, 1.0/10 | 2,000, 1.0/40 |" in updated
+    assert "| ours | ours | 256 | 900, 1.0/10 | 1,300, 1.0/10 | 2,000, 1.0/40 |" in updated
 
 
 def test_the_lua_script_is_in_the_projects_scripts_folder():

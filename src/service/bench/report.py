@@ -7,8 +7,40 @@ import json
 from pathlib import Path
 from typing import Any
 
+from service.bench import peers
+
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
-JSON_TARGETS = ("ours", "tutorial", "threadpool", "litserve")
+# the chart's left panel: ours and every server sent the same JSON digits
+JSON_TARGETS = ("ours", *(t for t, ref in peers.REFERENCE.items() if ref == "ours"))
+OURS = "ours"
+FAMILY_ORDER = (OURS, peers.EAGER, peers.SAME_RUNTIME)
+# What each family's ratio measures (results.md and the README say it beside the ratios).
+RATIO_MEANING = {
+    peers.EAGER: "ours over the baselines as the tutorials write them (eager PyTorch): what "
+                 "the whole design buys, the runtime chosen at release and the serving stack",
+    peers.SAME_RUNTIME: "ours over servers of the very int8 ONNX file ours serves: what the "
+                        "serving stack alone buys (batching, event loop, encoding), the model's "
+                        "cost being equal; ours-v2 and ours-png are ours on the same bodies",
+}
+
+
+def family(target: str) -> str:
+    return peers.family(target) or OURS
+
+
+def pss_mib(data: dict[str, Any], target: str) -> float | None:
+    """PSS of the server behind ``target`` after the load (before it, if the load failed)."""
+    server = data["context"].get("target_servers", {}).get(target, target)
+    entry = data.get("memory", {}).get(server)
+    if not entry:
+        return None
+    measured = entry.get("after_load") or entry.get("after_warmup")
+    return measured["pss_bytes"] / 2**20 if measured else None
+
+
+def _pss_cell(data: dict[str, Any], target: str) -> str:
+    value = pss_mib(data, target)
+    return "—" if value is None else f"{value:,.0f}"
 
 
 def _cell(stats: dict[str, float], digits: int = 0) -> str:
@@ -18,9 +50,9 @@ def _cell(stats: dict[str, float], digits: int = 0) -> str:
 
 def summary_table(data: dict[str, Any]) -> str:
     lines = [
-        "| target | c | req/s median (range) | p50 ms | p99 ms | errors | server CPU (cores) |"
-        " CPU ms/request | cache hits |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | family | c | req/s median (range) | PSS MiB | p50 ms | p99 ms | errors |"
+        " server CPU (cores) | CPU ms/request | cache hits |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     rows = sorted(data["summary"], key=lambda r: (r["concurrency"], _order(r["target"])))
     for row in rows:
@@ -28,7 +60,8 @@ def summary_table(data: dict[str, Any]) -> str:
         if row["target"] == "ours-batch":
             rps += f" = {row['items_per_s']['median']:,.0f} digits/s"
         lines.append(
-            f"| {row['target']} | {row['concurrency']} | {rps} | {_cell(row['p50_ms'], 2)} | "
+            f"| {row['target']} | {family(row['target'])} | {row['concurrency']} | {rps} | "
+            f"{_pss_cell(data, row['target'])} | {_cell(row['p50_ms'], 2)} | "
             f"{_cell(row['p99_ms'], 1)} | {row['errors']} | "
             f"{row['server_cpu_cores']['median']:.2f} | {row['cpu_ms_per_request']['median']:.3f}"
             f" | {int(row['cache_hits']) if row['target'].startswith('ours') else '—'} |"
@@ -36,19 +69,22 @@ def summary_table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _order(target: str) -> int:
-    order = ["ours", "tutorial", "threadpool", "litserve", "ours-v2", "ours-png", "ours-batch",
-             "ours-hit-memory", "ours-hit-redis", "ours-shadow"]
-    return order.index(target) if target in order else len(order)
+def _order(target: str) -> tuple[int, int]:
+    """Ours first, then the eager family, then the same-runtime family, each in its own order."""
+    order = ["ours", "ours-v2", "ours-png", "ours-batch", "ours-hit-memory", "ours-hit-redis",
+             "ours-shadow", *peers.TARGETS]
+    return (FAMILY_ORDER.index(family(target)),
+            order.index(target) if target in order else len(order))
 
 
 def readme_table(data: dict[str, Any]) -> str:
-    """Median req/s and p50/p99 of the JSON targets per concurrency, our other routes at the
-    highest one."""
+    """Median req/s and p50/p99 of every target per concurrency, with its family and the PSS
+    of its server."""
     rows = {(r["target"], r["concurrency"]): r for r in data["summary"]}
     concurrencies = sorted({r["concurrency"] for r in data["summary"]})
-    lines = ["| target | " + " | ".join(f"c={c}: req/s, p50/p99 ms" for c in concurrencies) + " |",
-             "|---|" + "---:|" * len(concurrencies)]
+    lines = ["| target | family | PSS MiB | "
+             + " | ".join(f"c={c}: req/s, p50/p99 ms" for c in concurrencies) + " |",
+             "|---|---|---:|" + "---:|" * len(concurrencies)]
     for target in sorted({r["target"] for r in data["summary"]}, key=_order):
         cells = []
         for c in concurrencies:
@@ -56,8 +92,28 @@ def readme_table(data: dict[str, Any]) -> str:
             cells.append("—" if row is None else
                          f"{row['requests_per_s']['median']:,.0f}, "
                          f"{row['p50_ms']['median']:.1f}/{row['p99_ms']['median']:.0f}")
-        lines.append(f"| {target} | " + " | ".join(cells) + " |")
+        lines.append(f"| {target} | {family(target)} | {_pss_cell(data, target)} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def ratio_lines(data: dict[str, Any], bold: bool = True) -> list[str]:
+    """The ratios, one family at a time, each with what it means."""
+    mark = "**" if bold else ""
+    lines: list[str] = []
+    for name in (peers.EAGER, peers.SAME_RUNTIME):
+        per_c = {c: {label: value for label, value in ratios.items()
+                     if family(label.split(" / ")[1]) == name}
+                 for c, ratios in data["ratios"].items()}
+        if not any(per_c.values()):
+            continue
+        title = peers.FAMILY_TITLES[name]
+        lines += [f"{mark}{title[0].upper() + title[1:]}{mark}: "
+                  f"{RATIO_MEANING[name]}.", ""]
+        lines += [f"- {c}: " + ", ".join(f"{k} {mark}{v:.2f}x{mark}" for k, v in r.items())
+                  for c, r in per_c.items() if r]
+        lines.append("")
+    return lines
 
 
 def targets_table(data: dict[str, Any]) -> str:
@@ -98,33 +154,47 @@ def shadow_line(data: dict[str, Any]) -> str:
 
 
 def memory_table(data: dict[str, Any]) -> str:
-    lines = ["| process(es) | RSS MiB | PSS MiB | processes |", "|---|---:|---:|---:|"]
+    lines = ["| process(es) | RSS MiB | PSS MiB | processes | idle CPU (cores) |",
+             "|---|---:|---:|---:|---:|"]
     for name, entry in data["memory"].items():
         if name == "workers":
             if "error" in entry:
                 lines.append(f"| {entry['processes']} × lab2prod worker | not measured: "
-                             f"{entry['error']} | | |")
+                             f"{entry['error']} | | | |")
                 continue
             for part in ("total", "workers_only"):
                 m = entry[part]
                 label = f"{entry['processes']} × lab2prod worker ({part.replace('_', ' ')})"
                 lines.append(f"| {label} | {m['rss_bytes'] / 2**20:,.0f} | "
-                             f"{m['pss_bytes'] / 2**20:,.0f} | {m['processes']} |")
+                             f"{m['pss_bytes'] / 2**20:,.0f} | {m['processes']} | |")
             continue
         m = entry.get("after_load") or entry["after_warmup"]
+        idle = entry.get("idle_cpu_cores")
         lines.append(f"| {name} (after the load) | {m['rss_bytes'] / 2**20:,.0f} | "
-                     f"{m['pss_bytes'] / 2**20:,.0f} | {m['processes']} |")
+                     f"{m['pss_bytes'] / 2**20:,.0f} | {m['processes']} | "
+                     f"{'' if idle is None else f'{idle:.3f}'} |")
         if "three_versions" in entry:
             m = entry["three_versions"]
             lines.append(f"| {name} with 3 versions loaded | {m['rss_bytes'] / 2**20:,.0f} | "
-                         f"{m['pss_bytes'] / 2**20:,.0f} | {m['processes']} |")
+                         f"{m['pss_bytes'] / 2**20:,.0f} | {m['processes']} | |")
     return "\n".join(lines)
+
+
+def same_runtime_line(data: dict[str, Any]) -> str:
+    """Which file the same-runtime rows served, and whether ours served it too."""
+    same = data["context"].get("same_runtime")
+    if not same:
+        return ""
+    ours = same["ours_runtime"]
+    return (f"Same-runtime rows serve `{Path(same['file']).name}`, the int8 ONNX file the release "
+            f"published with the version ours serves; ours served "
+            + ("that very file." if ours == peers.SAME_RUNTIME_VARIANT else
+               f"**`{ours}`** here (the release chose it), so the same-runtime ratios compare "
+               "different runtimes on this machine."))
 
 
 def markdown(data: dict[str, Any]) -> str:
     context = data["context"]
-    ratio_lines = [f"- {c}: " + ", ".join(f"{k} **{v:.2f}x**" for k, v in r.items())
-                   for c, r in data["ratios"].items()]
     return "\n".join([
         "# Serving benchmark",
         "",
@@ -137,6 +207,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"Machine: {context['machine']}; load average at the end "
         f"{context['load_average_at_end']}. {context.get('note', '')}",
         "",
+        same_runtime_line(data),
+        "",
         "## Targets",
         "",
         targets_table(data),
@@ -144,10 +216,9 @@ def markdown(data: dict[str, Any]) -> str:
         png_ceiling_line(data),
         shadow_line(data),
         "",
-        "## Our throughput over each baseline (median req/s)",
+        "## Our throughput over each baseline and peer (median req/s)",
         "",
-        *ratio_lines,
-        "",
+        *ratio_lines(data),
         "## All figures",
         "",
         summary_table(data),
@@ -227,8 +298,6 @@ def update_readme(readme: Path, data: dict[str, Any]) -> bool:
         return False
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    ratio_lines = [f"- {c}: " + ", ".join(f"{k} {v:.2f}x" for k, v in r.items())
-                   for c, r in data["ratios"].items()]
     block = "\n".join([
         README_START,
         f"Measured by `lab2prod bench` ({data['context']['started']}, "
@@ -237,8 +306,7 @@ def update_readme(readme: Path, data: dict[str, Any]) -> bool:
         "",
         readme_table(data),
         "",
-        *ratio_lines,
-        "",
+        *ratio_lines(data, bold=False),
         targets_table(data),
         *(["", png_ceiling_line(data)] if data.get("png_ceiling") else []),
         README_END,
