@@ -66,8 +66,12 @@ PEER_REQUIREMENTS := scripts/baselines/requirements
 
 bench-peers: $(PEERS:%=.venv-bench-%/installed)
 
+# Ray Serve takes CPU while idle and cannot be paused, so its rows get a run of their own
+# beside ours (docs/benchmarks/peers.md), written to docs/benchmarks/ray-serve/.
 bench: install system-deps bench-peers
 	$(BIN)/lab2prod bench
+	$(BIN)/lab2prod bench --targets ours,ours-png,ray-serve,ray-serve-png --workers 0 \
+	  --out docs/benchmarks/ray-serve --no-readme
 
 clean:
 	rm -rf $(VENV) $(MLFLOW_VENV) $(PEERS:%=.venv-bench-%) runs models .pytest_cache

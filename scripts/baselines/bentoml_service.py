@@ -45,8 +45,8 @@ class Digits:
 
 if __name__ == "__main__":
     args = peer_args(__doc__)
-    os.environ.update(BENCH_ONNX=str(Path(args.onnx).resolve()), BENCH_MAX_BATCH=str(args.max_batch),
-                      BENTOML_DO_NOT_TRACK="true")
+    os.environ.update(BENCH_ONNX=str(Path(args.onnx).resolve()),
+                      BENCH_MAX_BATCH=str(args.max_batch), BENTOML_DO_NOT_TRACK="true")
     here = Path(__file__).resolve().parent
     os.execv(sys.executable, [sys.executable, "-m", "bentoml", "serve", "bentoml_service:Digits",
                               "--working-dir", str(here), "--host", args.host,

@@ -17,7 +17,8 @@ Predict = Callable[[np.ndarray], np.ndarray]  # digits [N,784] 0..255 -> probabi
 def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--runtime", choices=("eager", "onnx-int8"), default="eager",
-                        help="eager PyTorch (as the tutorials do) or the int8 ONNX file ours serves")
+                        help="eager PyTorch (as the tutorials do) or the int8 ONNX file ours "
+                        "serves")
     parser.add_argument("--checkpoint", help="a lab2prod model.safetensors (--runtime eager)")
     parser.add_argument("--onnx", help="the int8 ONNX file our release exported "
                         "(--runtime onnx-int8)")

@@ -46,9 +46,10 @@ class Digits:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # through finally: shut Ray down
     ray.init(num_cpus=1, include_dashboard=False, object_store_memory=100 * 2**20,
              logging_level="warning", log_to_driver=False)
+    # after ray.init, which installs a handler of its own: leave through finally, shutting down
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(Digits.bind(args.onnx), route_prefix="/", logging_config={
@@ -56,5 +57,4 @@ if __name__ == "__main__":
         while True:
             time.sleep(3600)
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        ray.shutdown()  # stops the cluster's processes (a graceful serve.shutdown takes long)

@@ -87,8 +87,10 @@ def test_make_bench_peers_builds_a_torch_free_venv_for_every_peer():
     assert re.search(r"^bench: .*bench-peers", makefile, re.MULTILINE)
     requirements = ROOT / "scripts" / "baselines" / "requirements"
     for name in listed:
-        text = (requirements / f"{name}.txt").read_text() + (requirements / "common.txt").read_text()
-        assert "onnxruntime" in text and "-r common.txt" in text
+        own, common = (requirements / f"{name}.txt").read_text(), (
+            requirements / "common.txt").read_text()
+        assert "-r common.txt" in own and "onnxruntime" in common
+        text = own + common
         assert not re.search(r"^torch", text, re.MULTILINE), f"{name} must not install torch"
     assert ".venv-bench-*/" in (ROOT / ".gitignore").read_text()
     # Triton's Python-backend stub needs Debian's Python, not a pyenv build
@@ -139,12 +141,7 @@ def test_a_child_in_a_process_group_of_its_own_is_measured_and_stopped_with_its_
         assert process_tree(leader) == sorted([leader, child])
         measured = server.memory()
         assert measured["processes"] == 2 and measured["rss_bytes"] >= measured["pss_bytes"] > 0
-    assert not Path(f"/proc/{child}").exists() or _zombie(child), "stopped with its server"
-
-
-def _zombie(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rindex(")") + 2] == "Z"
+    assert not Path(f"/proc/{child}").exists() or _state(child) == "Z", "stopped with it"
 
 
 def test_pss_splits_pages_shared_between_processes():
@@ -204,3 +201,44 @@ def test_the_report_shows_both_families_what_each_ratio_means_and_pss_beside_thr
     assert rows == ["| ours", "| ours-v2", "| tutorial", "| tutorial-int8", "| triton",
                     "| kserve"], "ours, then the eager family, then the same-runtime family"
     assert "| kserve (after the load) | 500 | 160 | 1 | 0.010 |" in report.memory_table(data)
+
+
+def test_ray_serve_gets_a_run_of_its_own_and_is_never_paused():
+    from service.bench.harness import DEFAULT_TARGETS
+
+    assert set(peers.OWN_RUN_TARGETS) == {"ray-serve", "ray-serve-png"}
+    assert not set(peers.OWN_RUN_TARGETS) & set(DEFAULT_TARGETS)
+    assert {"triton", "kserve", "bentoml", "litserve-int8", "ours"} <= set(DEFAULT_TARGETS)
+    assert not peers.pausable("ray-serve")
+    assert peers.pausable("litserve") and peers.pausable("ours")
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--targets ours,ours-png,ray-serve,ray-serve-png" in makefile
+
+
+def test_a_paused_server_tree_takes_no_cpu_and_still_stops(tmp_path):
+    code = ("import subprocess, sys\n"
+            "subprocess.Popen([sys.executable, '-c', 'while True: pass'], start_new_session=True)\n"
+            "print('started', flush=True)\n"
+            "while True: pass\n")
+    spec = ServerSpec("spinner", [sys.executable, "-c", code], 0, ready_log_line="started")
+    with Server(spec, cpu=0, log_dir=tmp_path) as server:
+        server.wait_ready(30)
+        while len(server.pids()) < 2:
+            time.sleep(0.05)
+        server.pause()
+        time.sleep(0.2)
+        states = {_state(pid) for pid in server.pids()}
+        assert states == {"T"}, "every process of the tree is stopped"
+        before = server.cpu_seconds()
+        time.sleep(0.5)
+        assert server.cpu_seconds() == before
+        server.resume()
+        assert "T" not in {_state(pid) for pid in server.pids()}
+        server.pause()  # and stopped while paused: SIGCONT comes before SIGTERM
+        pids = server.pids()
+    assert all(not Path(f"/proc/{pid}").exists() or _state(pid) == "Z" for pid in pids)
+
+
+def _state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]

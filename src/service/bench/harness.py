@@ -56,10 +56,15 @@ TARGETS: dict[str, tuple[str, str]] = {
     "ours-shadow": ("ours-shadow", "json"),  # every request also answered by a shadow version
 }
 TARGETS.update(peers.TARGETS)  # the baselines and peers, eager and same-runtime
+# What a run measures unless told: all but the peers that need a run of their own (Ray Serve).
+DEFAULT_TARGETS = [target for target in TARGETS if target not in peers.OWN_RUN_TARGETS]
 # The bench registry holds the checkpoint three times, so that one server can load three versions
 # (memory of 1 vs 3) and another can shadow production with a second version.
 BENCH_VERSIONS = {"production": "v1", "shadow": "v2", "spare": "v3"}
 MISS_CACHE_SIZE = 256  # < the number of distinct bodies: a cycling LRU never hits
+# A server that burns more than this while idle (LitServe's workers and Ray's GCS and raylet
+# poll) is paused (SIGSTOP) while the others are measured on its core, resumed for its own turn.
+IDLE_CPU_PAUSE = 0.02
 
 
 @dataclass
@@ -71,7 +76,7 @@ class BenchConfig:
     seconds: float = 5.0
     rounds: int = 3
     concurrencies: list[int] = field(default_factory=lambda: [1, 8, 64])
-    targets: list[str] = field(default_factory=lambda: list(TARGETS))
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     server_cpu: int = 0
     client_cpu: int = 1
     warmup_s: float = 2.0
@@ -311,17 +316,31 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         idle = idle_cpu({name: servers[name] for name in wanted_servers})
         for name in sorted(wanted_servers):
             memory[name] = {"after_warmup": servers[name].memory(), "idle_cpu_cores": idle[name]}
+        paused = sorted(name for name in wanted_servers
+                        if idle[name] > IDLE_CPU_PAUSE and peers.pausable(name))
+        note = (f"Paused (SIGSTOP) while the others were measured, as they take CPU idle: "
+                f"{', '.join(paused)}." if paused else "")
+        for name in paused:
+            servers[name].pause()
         total = config.rounds * len(config.concurrencies) * len(config.targets)
         for round_index in range(config.rounds):
             for concurrency in config.concurrencies:
                 for target in config.targets:
+                    awake = TARGETS[target][0] in paused
+                    if awake:
+                        servers[TARGETS[target][0]].resume()
+                        time.sleep(1.0)  # timers and heartbeats due while it slept fire now
                     runs.append(_measure(target, concurrency, round_index, servers, body_sets,
                                          config, cursor))
+                    if awake:
+                        servers[TARGETS[target][0]].pause()
                     last = runs[-1]
                     log.info("[%d/%d] round %d c=%d %-16s %8.0f req/s p50 %6.2f ms p99 %7.2f ms "
                              "errors %d cpu %.2f", len(runs), total, round_index + 1, concurrency,
                              target, last.requests_per_s, last.p50_ms, last.p99_ms, last.errors,
                              last.server_cpu_cores)
+        for name in paused:
+            servers[name].resume()
         for name in sorted(wanted_servers):
             memory[name]["after_load"] = servers[name].memory()
         if "ours" in servers:

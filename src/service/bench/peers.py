@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.bench.servers import ServerSpec, free_port, python_command
-from service.bench.wrk import BenchError
 
 if TYPE_CHECKING:
     from service.bench.bodies import BodySet
@@ -48,6 +47,10 @@ class PeerServer:
     venv: str | None = None  # a venv of its own (made by `make bench-peers`); None: the bench's
     ready_path: str = "/health"
     args: tuple[str, ...] = ()  # "{model_name}" is filled in
+    # Measured in a run of its own, beside ours only: it takes CPU while idle and cannot be
+    # paused meanwhile (Ray Serve: its controller's 10 Hz loop, GCS, agents; stopped, its
+    # cluster misses heartbeats and answers seconds late once resumed).
+    own_run: bool = False
 
     def python(self, config: BenchConfig) -> Path | None:
         return None if self.venv is None else config.venvs_dir / self.venv / "bin" / "python"
@@ -66,7 +69,7 @@ PEER_SERVERS: dict[str, PeerServer] = {server.name: server for server in (
     PeerServer("bentoml", "bentoml_service.py", SAME_RUNTIME, ".venv-bench-bentoml", "/readyz"),
     PeerServer("kserve", "kserve_server.py", SAME_RUNTIME, ".venv-bench-kserve", _V2_READY,
                ("--model-name", "{model_name}")),
-    PeerServer("ray-serve", "ray_serve.py", SAME_RUNTIME, ".venv-bench-ray"),
+    PeerServer("ray-serve", "ray_serve.py", SAME_RUNTIME, ".venv-bench-ray", own_run=True),
 )}
 
 # target -> (server, body set); body sets are service.bench.bodies' plus PEER_BODY_ROUTES'
@@ -92,7 +95,17 @@ REFERENCE: dict[str, str] = {
     for target, (_, body) in TARGETS.items()
 }
 # The PNG uploads of the bench, sent to the peers' image routes (their names, not ours).
-PEER_BODY_ROUTES = {"png-image": ("png", "/predict/image"), "png-bentoml": ("png", "/predict_image")}
+PEER_BODY_ROUTES = {"png-image": ("png", "/predict/image"),
+                    "png-bentoml": ("png", "/predict_image")}
+
+
+OWN_RUN_TARGETS = tuple(target for target, (server, _) in TARGETS.items()
+                        if PEER_SERVERS[server].own_run)
+
+
+def pausable(server: str) -> bool:
+    """Whether the bench may SIGSTOP this server while it measures another (not own-run ones)."""
+    return server not in PEER_SERVERS or not PEER_SERVERS[server].own_run
 
 
 def family(target: str) -> str | None:
@@ -151,17 +164,16 @@ PEER_ENV = {"BENTOML_DO_NOT_TRACK": "true", "RAY_USAGE_STATS_ENABLED": "0"}
 def same_runtime_file(registry: Path, model_name: str, alias: str = "production") -> dict[str, Any]:
     """The int8 ONNX file the release published with the version ours serves, and the runtime
     the release chose for ours ({"path", "ours_runtime"}): ours serves that very file when the
-    release chose onnx-int8 (as on every CPU measured so far, docs/benchmarks/runtimes.md)."""
-    from service.inference.export import artifact_path
+    release chose onnx-int8 (as on every CPU measured so far, docs/benchmarks/runtimes.md).
+    A release that found int8 short of its bars publishes no such file: it is exported then
+    from the same checkpoint the way the release does (a cache folder; the same bytes)."""
+    from service.inference.export import ensure_artifact
     from service.ml.checkpoint import load_checkpoint
     from service.registry import open_registry
 
     opened = open_registry(registry, model_name)
     chosen = str(opened.card(alias).get("runtimes", {}).get("chosen", "unknown"))
-    path = artifact_path(load_checkpoint(opened.checkpoint_path(alias)), SAME_RUNTIME_VARIANT)
-    if not path.exists():
-        raise BenchError(f"the release published no {SAME_RUNTIME_VARIANT} file ({path}); the "
-                         "same-runtime rows need it: leave them out of --targets")
+    path = ensure_artifact(load_checkpoint(opened.checkpoint_path(alias)), SAME_RUNTIME_VARIANT)
     if chosen != SAME_RUNTIME_VARIANT:
         log.warning("ours serves %s here, not %s: the same-runtime rows still serve the int8 "
                     "ONNX file (the report says so)", chosen, SAME_RUNTIME_VARIANT)

@@ -30,7 +30,10 @@ def family(target: str) -> str:
 
 def pss_mib(data: dict[str, Any], target: str) -> float | None:
     """PSS of the server behind ``target`` after the load (before it, if the load failed)."""
-    server = data["context"].get("target_servers", {}).get(target, target)
+    from service.bench.harness import TARGETS
+
+    servers = data["context"].get("target_servers") or {t: s for t, (s, _) in TARGETS.items()}
+    server = servers.get(target, target)
     entry = data.get("memory", {}).get(server)
     if not entry:
         return None

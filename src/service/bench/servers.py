@@ -163,6 +163,13 @@ class Server:
     def memory(self) -> dict[str, int]:
         return memory(self.pids())
 
+    def pause(self) -> None:
+        """SIGSTOP the whole tree: an idle server that polls takes no CPU from the one measured."""
+        _signal_pids(self.pids(), signal.SIGSTOP)
+
+    def resume(self) -> None:
+        _signal_pids(self.pids(), signal.SIGCONT)
+
     def log_tail(self, lines: int = 15) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -184,7 +191,9 @@ def stop_all(servers: list[Server], grace_s: float = 8.0) -> None:
     running = [server for server in servers if server.process is not None]
     groups = {server.process.pid for server in running if server.process is not None}
     # descendants in groups of their own: their parents stop them on SIGTERM; SIGKILL if not
-    strays = {pid for server in running for pid in server.pids()} - _members(groups)
+    trees = {pid for server in running for pid in server.pids()}
+    _signal_pids(sorted(trees), signal.SIGCONT)  # a paused server must run to hear SIGTERM
+    strays = trees - _members(groups)
     for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         for group in groups:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -209,6 +218,12 @@ def stop_all(servers: list[Server], grace_s: float = 8.0) -> None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 server.process.wait(timeout=1)
         server.process = None
+
+
+def _signal_pids(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
 
 
 def _members(groups: set[int]) -> set[int]:

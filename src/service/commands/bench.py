@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from service.bench.harness import TARGETS
+from service.bench.harness import DEFAULT_TARGETS, TARGETS
 from service.settings import get_settings
 
 
@@ -62,7 +62,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--concurrency", type=_int_list, default=[1, 8, 64],
                         help="connections, comma-separated (default 1,8,64)")
-    parser.add_argument("--targets", help="comma-separated, default all: " + ", ".join(TARGETS))
+    parser.add_argument("--targets", help="comma-separated, default all but Ray Serve's (it "
+                        "takes CPU idle, so it is measured in a run of its own, beside ours): "
+                        + ", ".join(TARGETS))
     parser.add_argument("--distinct", type=int, default=2048,
                         help="distinct digits cycled for miss-path figures (>= 1000)")
     parser.add_argument("--workers", type=int, default=2,
@@ -71,6 +73,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--client-cpu", type=int, default=1, help="core for wrk (1)")
     parser.add_argument("--readme", type=Path, default=Path("README.md"),
                         help="README whose bench markers get the targets table")
+    parser.add_argument("--no-readme", action="store_true",
+                        help="leave the README alone (a partial run)")
     parser.add_argument("--seconds", type=float, default=2.0,
                         help="--runtimes: seconds of calls per variant and batch size")
     parser.add_argument("--variants", help="--runtimes: comma-separated names (default all)")
@@ -117,7 +121,7 @@ def _check_peers(args: argparse.Namespace, checkpoint: Path, settings: Any) -> i
     config = _config(args, checkpoint, "", settings)
     same_runtime = [name for name, server in peers.PEER_SERVERS.items()
                     if server.family == peers.SAME_RUNTIME]
-    wanted = {TARGETS[t][0] for t in config.targets} & set(same_runtime)
+    wanted = {TARGETS[t][0] for t in (config.targets if args.targets else TARGETS)}
     servers = [name for name in same_runtime if name in wanted]
     try:
         config.validate()
@@ -145,7 +149,8 @@ def _config(args: argparse.Namespace, checkpoint: Path, source: str, settings: A
         checkpoint=checkpoint, checkpoint_source=source, out_dir=args.out,
         work_dir=args.work_dir, seconds=args.duration, rounds=args.rounds,
         concurrencies=args.concurrency, server_cpu=args.server_cpu, client_cpu=args.client_cpu,
-        targets=[t.strip() for t in args.targets.split(",")] if args.targets else list(TARGETS),
+        targets=([t.strip() for t in args.targets.split(",")] if args.targets
+                 else list(DEFAULT_TARGETS)),
         distinct=args.distinct, workers=args.workers, amqp_url=settings.amqp_url,
         model_name=settings.model_name, scripts_dir=args.scripts, venvs_dir=args.venvs,
     )
@@ -167,7 +172,7 @@ def _serving(args: argparse.Namespace, checkpoint: Path, source: str, settings: 
     except KeyboardInterrupt:
         print("lab2prod bench: interrupted; every server it started is stopped", file=sys.stderr)
         return 130
-    paths = report.write(data, args.out, args.readme)
+    paths = report.write(data, args.out, None if args.no_readme else args.readme)
     print(report.targets_table(data))
     print("\n".join(f"{c}: {r}" for c, r in data["ratios"].items()))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
