@@ -24,7 +24,8 @@ from starlette.responses import JSONResponse
 args = peer_args(__doc__)
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=2 * args.max_batch,
+# max_ongoing_requests: Ray's default (5) would cap every batch at 5 digits
+@serve.deployment(num_replicas=1, max_ongoing_requests=8 * args.max_batch,
                   ray_actor_options={"num_cpus": 1})
 class Digits:
     def __init__(self, onnx: str) -> None:
