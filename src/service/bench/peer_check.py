@@ -1,6 +1,6 @@
 """``lab2prod bench --check-peers``: every same-runtime server started on its own, one request per
 target (each body set it is measured with), its digit checked against the int8 ONNX file's own
-answer, its memory read, and stopped: a minute, where the whole bench takes ten.
+answer, its memory read, and stopped: two or three minutes, where the whole bench takes 25.
 
 A smoke check of the peers' venvs and scripts, outside pytest on purpose: the peers' frameworks
 live in venvs that ``make bench-peers`` builds, not in the test environment.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from service.bench import bodies as bodies_module
 from service.bench import peers
 from service.bench.servers import Server
 from service.bench.wrk import BenchError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,6 +90,7 @@ def check(config: Any, servers: list[str], onnx: Path) -> list[CheckResult]:
     results = []
     for name in servers:
         targets = [t for t, (server, _) in peers.TARGETS.items() if server == name]
+        log.info("starting %s for %s", name, ", ".join(targets))
         started = time.monotonic()
         server = Server(specs[name], config.server_cpu, work / "logs")
         try:

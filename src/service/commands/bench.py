@@ -8,7 +8,7 @@ core with taskset, drives it with wrk pinned to the other core at each concurren
 interleaved rounds, and writes results.json, results.md and results.png to --out.
 
 ``--check-peers`` instead starts each same-runtime server once, checks one answer per target
-against the ONNX file's own, and prints its memory (about a minute).
+against the ONNX file's own, and prints its memory (two or three minutes).
 
 ``--runtimes`` instead measures the inference runtime variants (latency on one thread,
 accuracy, agreement with eager) and writes runtimes.json and runtimes.md.
