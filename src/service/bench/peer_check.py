@@ -1,6 +1,6 @@
 """``lab2prod bench --check-peers``: every same-runtime server started on its own, one request per
 target (each body set it is measured with), its digit checked against the int8 ONNX file's own
-answer, its memory read, and stopped: two or three minutes, where the whole bench takes 25.
+answer, its memory read, and stopped: two or three minutes, where the whole bench takes 26.
 
 A smoke check of the peers' venvs and scripts, outside pytest on purpose: the peers' frameworks
 live in venvs that ``make bench-peers`` builds, not in the test environment.
