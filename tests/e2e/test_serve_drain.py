@@ -83,13 +83,15 @@ def drain_with_kept_alive_connections(server: ServeProcess) -> dict[str, object]
     signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     ready = wait_draining(server.url)
+    v2_ready = httpx.get(f"{server.url}/v2/health/ready", timeout=5)
     # written after SIGTERM, on connections the server kept alive: each must still be answered
     after = [predict_on(connection) for connection in idle]
     for sender in senders:
         sender.join(30)
     code = server.process.wait(30)
-    return {"before": before, "ready": ready, "after": after, "busy": busy_answers,
-            "code": code, "stopped_after_s": time.monotonic() - signalled}
+    return {"before": before, "ready": ready, "v2_ready": v2_ready, "after": after,
+            "busy": busy_answers, "code": code,
+            "stopped_after_s": time.monotonic() - signalled}
 
 
 def assert_drained(outcome: dict[str, object]) -> None:
@@ -97,6 +99,7 @@ def assert_drained(outcome: dict[str, object]) -> None:
     assert isinstance(ready, httpx.Response)
     assert ready.status_code == 503 and ready.json()["status"] == "draining"
     assert ready.headers["connection"] == "close"
+    assert outcome["v2_ready"].status_code == 503  # type: ignore[attr-defined]
     before, after = outcome["before"], outcome["after"]
     assert isinstance(before, list) and isinstance(after, list)
     assert [answer.status for answer in before] == [200] * len(before)
