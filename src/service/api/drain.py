@@ -35,14 +35,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 logger = logging.getLogger(__name__)
 
 # What uvicorn's graceful shutdown (timeout_graceful_shutdown) gives in-flight requests after
-# the grace. From SIGTERM to exit takes at most drain_grace_s + this (``stop_within_s``): an
-# orchestrator's grace period (terminationGracePeriodSeconds, stop_grace_period) must exceed it.
+# the grace. From SIGTERM to exit takes at most drain_grace_s + this: an orchestrator's grace
+# period (terminationGracePeriodSeconds, stop_grace_period) must exceed it (test_deploy_*).
 IN_FLIGHT_TIMEOUT_S = 10
-
-
-def stop_within_s(drain_grace_s: float) -> float:
-    """The longest a server takes from SIGTERM to exit (drain, then in-flight requests)."""
-    return drain_grace_s + IN_FLIGHT_TIMEOUT_S
 
 
 class Drain:
