@@ -64,6 +64,16 @@ class Settings(BaseSettings):
     model_poll_interval_s: float = Field(
         10.0, ge=0, description="How often to check the alias for a new version (0: never)."
     )
+    # --- stopping and readiness (docs/hardening.md) ---
+    drain_grace_s: float = Field(
+        5.0, ge=0, description="After SIGTERM: /ready answers 503 'draining' and every answer "
+        "says Connection: close for this long, then in-flight requests finish and the process "
+        "exits (0: no grace; SIGINT never waits)."
+    )
+    ready_check_timeout_s: float = Field(
+        0.2, gt=0, description="Most time one /ready dependency check may take; a slower one "
+        "is reported degraded."
+    )
 
     # --- traffic between versions (PUT /admin/traffic changes it until restart) ---
     canary_alias: str | None = Field(None, description="Alias that takes CANARY_PERCENT.")

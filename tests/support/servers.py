@@ -87,11 +87,12 @@ class RedisServer:
 
 def lab2prod_env(registry: Path | str | None, **extra: str) -> dict[str, str]:
     """The environment of a `lab2prod` command under test: eager on the CPU, JSON logs, the
-    production alias polled every 0.2 s, unless ``extra`` says otherwise, and none of the
-    developer's own service settings."""
+    production alias polled every 0.2 s, no drain on SIGTERM (a test's server stops at once),
+    unless ``extra`` says otherwise, and none of the developer's own service settings."""
     env = {key: value for key, value in os.environ.items()
            if not key.startswith("LAB2PROD") and key not in SETTINGS_TO_CLEAR}
-    env.update(RUNTIME="eager", DEVICE="cpu", LOG_JSON="true", MODEL_POLL_INTERVAL_S="0.2")
+    env.update(RUNTIME="eager", DEVICE="cpu", LOG_JSON="true", MODEL_POLL_INTERVAL_S="0.2",
+               DRAIN_GRACE_S="0")
     if registry is not None:
         env["REGISTRY_URL"] = str(registry)
     env.update(extra)

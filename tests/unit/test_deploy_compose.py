@@ -7,6 +7,7 @@ Prometheus and Grafana wired to what the processes really serve."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -107,6 +108,24 @@ def test_each_lab2prod_service_runs_a_command_the_real_cli_parses(
     assert release.handler.__module__ == "service.commands.release"
     assert command_of(stack["jupyterlab"])[:2] == ["jupyter", "lab"]
     assert stack["release"]["profiles"] == ["release"], "run on demand, not by `up`"
+
+
+def test_the_apis_are_given_time_to_drain_and_finish_in_flight_requests(
+    stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+):
+    for name in ("api", "api-enqueue"):
+        options = serve_options(command_of(stack[name]), env_of(stack[name]), monkeypatch)
+        drain_grace_s = settings_from(env_of(stack[name])).drain_grace_s
+        stop_grace_s = seconds(stack[name]["stop_grace_period"])
+        assert stop_grace_s > drain_grace_s + options["timeout_graceful_shutdown"], name
+
+
+def seconds(duration: str) -> float:
+    """A Compose duration as `docker compose config` writes it ('30s', '1m0s') in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", duration)
+    assert "".join(number + unit for number, unit in parts) == duration, duration
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(float(number) * units[unit] for number, unit in parts)
 
 
 def test_services_start_after_their_dependencies_are_healthy(stack: dict[str, Any]):

@@ -4,11 +4,13 @@ Start-up (lifespan): set torch threads, open the cache, build the router from th
 settings, load the versions the service follows into the model pool (MODEL_ALIAS, and the
 canary and shadow aliases; each verified, warmed and given its micro-batcher), start the alias
 watcher and the drift monitor, enter the optional route modules' lifespans, then report ready.
+From then on SIGTERM starts a graceful drain (``service.api.drain``, docs/hardening.md).
 A missing or broken default model stops start-up with a message that says how to fix it.
 ``LOAD_MODEL=false`` loads no model: the instance then only serves the async routes and
 /predict answers 503 saying so.
 
-Middleware is pure ASGI (request id, metrics, GZip for bodies over 1 KB).
+Middleware is pure ASGI (request id, metrics, Connection: close while draining, GZip for bodies
+over 1 KB).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from fastapi import FastAPI
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.drain import CloseWhileDraining, Drain
 from service.api.errors import install_error_handlers
 from service.api.openapi import install_openapi, operation_id
+from service.api.readiness import ReadinessChecks
 from service.api.routes import admin, collect, predict, v2
 from service.api.shadow import Shadow
 from service.inference.cache import PredictionCache
@@ -52,6 +56,7 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
             await _start(app, settings, stack)
             for route_lifespan in route_lifespans:
                 await stack.enter_async_context(route_lifespan(app))
+            stack.push_async_callback(app.state.readiness.close)  # before the clients close
             # Everything loaded so far (torch, the model, FastAPI) lives as long as the process:
             # keep it out of the cyclic GC, whose full passes over it stalled every request in
             # flight (p99 at c=64 several times the median before this, docs/benchmarks).
@@ -59,7 +64,8 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
             gc.freeze()
             default = app.state.pool.default if settings.load_model else None
             logger.info("ready", extra={"model_version": default.version if default else None})
-            yield
+            with app.state.drain.on_sigterm():
+                yield
             logger.info("shutting down")
 
     app = FastAPI(
@@ -78,6 +84,10 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
     app.state.shadow = Shadow(None)
     app.state.cache = PredictionCache.from_settings(settings)
     app.state.ready_checks = {}
+    app.state.readiness = ReadinessChecks(
+        settings.ready_check_timeout_s, settings.breaker_failures, settings.breaker_reset_s
+    )
+    app.state.drain = Drain(settings.drain_grace_s)
     app.router.routes[:0] = [*predict.FAST_ROUTES, *v2.FAST_ROUTES]  # first: routes/fast.py
     for router in routers:
         app.include_router(router)
@@ -89,6 +99,7 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
         GZipForLargeBodies, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=6,
         small_paths=frozenset({"/predict"}), only_if_asked=v2.is_infer_path,
     )
+    app.add_middleware(CloseWhileDraining, drain=app.state.drain)
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)  # outermost
     return app
 

@@ -98,7 +98,8 @@ class HealthOut(BaseModel):
 # GET /ready: whether to send traffic here, and the state of each dependency.
 class ReadyOut(BaseModel):
     status: str = Field(
-        description="'ready', 'degraded' (serving, a dependency is down) or 'not ready'."
+        description="'ready', 'degraded' (serving, a dependency is down or slow), 'not ready' "
+        "or 'draining' (shutting down)."
     )
     model: dict[str, Any]
     cache: dict[str, Any]

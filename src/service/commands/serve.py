@@ -3,7 +3,10 @@
 Loads the registry's production model before binding the port; when there is none (or it is
 corrupt, or the registry is unreachable) it exits with status 2 and a message saying how to
 make one. Everything else comes from the settings (environment / .env): REGISTRY_URL,
-REDIS_URL, MAX_BATCH_SIZE, TORCH_THREADS, ACCESS_LOG, LOAD_MODEL, ...
+REDIS_URL, MAX_BATCH_SIZE, TORCH_THREADS, ACCESS_LOG, LOAD_MODEL, DRAIN_GRACE_S, ...
+
+SIGTERM drains first (DRAIN_GRACE_S: /ready says 503 'draining', answers close their
+connections), then stops; SIGINT stops at once. With --workers N each worker drains.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="serve POST /predict from the registry's production model",
-        description="Run the HTTP service (uvicorn). Settings come from the environment/.env.",
+        description="Run the HTTP service (uvicorn). Settings come from the environment/.env. "
+        "SIGTERM drains for DRAIN_GRACE_S seconds (/ready answers 503) before stopping; "
+        "Ctrl-C stops at once.",
     )
     parser.add_argument("--host", help="interface to bind (default: HOST, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: PORT, 8000)")
@@ -35,6 +40,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.api.app import create_app
+    from service.api.drain import IN_FLIGHT_TIMEOUT_S
     from service.inference.pool import ModelPool, VersionNotFound, VersionUnavailable
     from service.inference.router import TrafficPolicy
     from service.observability import configure_logging
@@ -69,7 +75,8 @@ def serve(args: argparse.Namespace) -> int:
         "log_config": None,  # our JSON logging, configured by create_app
         "log_level": settings.log_level,
         "server_header": False,
-        "timeout_graceful_shutdown": 10,
+        # after the drain's grace (SIGTERM; service.api.drain): in-flight requests get this long
+        "timeout_graceful_shutdown": IN_FLIGHT_TIMEOUT_S,
     }
     if settings.workers == 1:
         uvicorn.run(create_app(settings, pool=pool), **options)  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import orjson
@@ -10,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from service.api.deps import pinned_ref
+from service.api.readiness import HEALTHY, ReadinessChecks
 from service.api.schemas import (
     ROUTING_PARAMETERS,
     HealthOut,
@@ -48,19 +50,28 @@ async def health() -> Response:
     responses={
         503: {
             "model": ReadyOut,
-            "description": "Not ready: no warm model (or, enqueue-only, no reachable broker).",
+            "description": "Not ready: no warm model (or, enqueue-only, no reachable broker), "
+            "or 'draining': shutting down after SIGTERM (docs/hardening.md).",
         }
     },
-    summary="Readiness: model loaded and warm; dependencies ok or degraded",
+    summary="Readiness: model loaded and warm; dependencies ok or degraded; not draining",
 )
 async def ready(request: Request) -> Response:
-    """200 'ready' or 'degraded' (serving, but e.g. Redis is down, or an alias points at a
-    version that cannot be served: `model.alias_failures` says why); 503 'not ready'."""
+    """200 'ready' or 'degraded' (serving, but e.g. Redis is down or slow, or an alias points at a
+    version that cannot be served: `model.alias_failures` says why); 503 'not ready', or
+    'draining' after SIGTERM. Each dependency check has READY_CHECK_TIMEOUT_S, all at once."""
     state = request.app.state
     pool: ModelPool | None = state.pool
+    draining = state.drain.draining
     cache_status = state.cache.status()
-    cache_status["redis"] = await state.cache.check()
-    checks = {name: await check() for name, check in state.ready_checks.items()}
+    if draining:  # leaving: the dependencies no longer matter, answer at once
+        checks: dict[str, str] = {}
+    else:
+        readiness: ReadinessChecks = state.readiness
+        cache_status["redis"], checks = await asyncio.gather(
+            readiness.bounded(state.cache.check, on_timeout="degraded"),
+            readiness.run(state.ready_checks),
+        )
     default = pool.default if pool is not None else None
     if pool is None:  # LOAD_MODEL=false: an enqueue-only instance needs its broker, not a model
         model_status: dict[str, object] = {"loaded": False, "required": False}
@@ -69,8 +80,9 @@ async def ready(request: Request) -> Response:
         model_status = pool.status()
         serving = default is not None and default.batcher.running
     degraded = cache_status["redis"] == "degraded" or bool(model_status.get("alias_failures")) \
-        or any(value not in ("ok", "disabled") for value in checks.values())
-    status = "not ready" if not serving else "degraded" if degraded else "ready"
+        or any(value not in HEALTHY for value in checks.values())
+    status = "draining" if draining else "not ready" if not serving \
+        else "degraded" if degraded else "ready"
     body = {
         "status": status,
         "model": model_status,
@@ -81,7 +93,8 @@ async def ready(request: Request) -> Response:
         },
         "checks": checks,
     }
-    return Response(orjson.dumps(body), status_code=200 if serving else 503, media_type=JSON)
+    code = 200 if serving and not draining else 503
+    return Response(orjson.dumps(body), status_code=code, media_type=JSON)
 
 
 @router.get(

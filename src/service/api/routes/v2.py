@@ -67,7 +67,9 @@ async def v2_live() -> Response:
 
 @router.get("/health/ready", response_model=V2ReadyOut, responses=v2_errors(503),
             summary="v2: the default model is loaded and warm")
-async def v2_ready(pool: PoolDep) -> Response:
+async def v2_ready(request: Request, pool: PoolDep) -> Response:
+    if request.app.state.drain.draining:  # SIGTERM: leaving the rotation (docs/hardening.md)
+        raise ServiceUnavailable("not ready: draining, this server is shutting down")
     default = pool.default
     if default is None or not default.batcher.running:
         raise ServiceUnavailable("not ready: the default model is not loaded and warm yet")
