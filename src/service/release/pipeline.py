@@ -232,7 +232,7 @@ def _current_champion(registry: ModelRegistry, alias: str) -> dict[str, Any] | N
 
 
 def _seconds_since(tick: float) -> float:
-    """Seconds since a perf_counter tick, to the microsecond: the gate alone takes well under 1 ms."""
+    """Seconds since a perf_counter tick, to the microsecond (the gate takes under 1 ms)."""
     return round(time.perf_counter() - tick, 6)
 
 
