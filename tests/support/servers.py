@@ -139,6 +139,12 @@ class ServeProcess:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def rss_bytes(self) -> int:
+        """The server process's resident memory now (Linux /proc)."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+        return int(line.split()[1]) * 1024
+
     def stop(self) -> int:
         """SIGTERM (SIGKILL after 20 s); returns the exit code."""
         if self.process.poll() is None:

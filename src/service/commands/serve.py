@@ -4,6 +4,8 @@ Loads the registry's production model before binding the port; when there is non
 corrupt, or the registry is unreachable) it exits with status 2 and a message saying how to
 make one. Everything else comes from the settings (environment / .env): REGISTRY_URL,
 REDIS_URL, MAX_BATCH_SIZE, TORCH_THREADS, ACCESS_LOG, LOAD_MODEL, ...
+Each connection is bounded (service.api.protocol): HEADER_TIMEOUT_S, MAX_HEADER_BYTES,
+MAX_CONNECTIONS per process.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.api.app import create_app
+    from service.api.protocol import GuardedHttpToolsProtocol
     from service.inference.pool import ModelPool, VersionNotFound, VersionUnavailable
     from service.inference.router import TrafficPolicy
     from service.observability import configure_logging
@@ -64,7 +67,7 @@ def serve(args: argparse.Namespace) -> int:
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": GuardedHttpToolsProtocol,  # httptools, bounding each connection's cost
         "access_log": False,  # ACCESS_LOG=true logs requests as JSON, with their request id
         "log_config": None,  # our JSON logging, configured by create_app
         "log_level": settings.log_level,
