@@ -94,21 +94,22 @@ class ConnectionLimits:
 
 
 class ConnectionGuard:
-    """One server's (one process's) connections waiting for headers or idle, oldest first,
-    and the one timer that times out the oldest waiting one."""
+    """One server's (one process's) connections waiting for headers, and idle ones, oldest
+    first, and the one timer that times out the oldest waiting one."""
 
     def __init__(self, limits: ConnectionLimits, loop: asyncio.AbstractEventLoop) -> None:
         self.limits = limits
         self.loop = loop
         # Insertion order is waiting order: a connection is (re)inserted when its clock starts.
         self.waiting: dict[GuardedHttpToolsProtocol, float] = {}
+        # Connections that went idle, in that order. Entries are left behind when one becomes
+        # busy again (cheaper per request than removing them); make_room skips those.
         self.idle: dict[GuardedHttpToolsProtocol, None] = {}
         self.closing = 0  # refused or evicted connections not yet closed: slots given up
         self._timer: asyncio.TimerHandle | None = None
 
-    def wait(self, protocol: GuardedHttpToolsProtocol) -> None:
-        self.idle.pop(protocol, None)
-        self.waiting[protocol] = self.loop.time()
+    def wait(self, protocol: GuardedHttpToolsProtocol, since: float) -> None:
+        self.waiting[protocol] = since
         protocol._phase = WAITING
         if self._timer is None:
             self._arm()
@@ -123,13 +124,14 @@ class ConnectionGuard:
         if self.waiting:
             next(iter(self.waiting)).refuse("evicted")
             return True
-        if self.idle:
+        while self.idle:
             victim = next(iter(self.idle))
-            self.forget(victim)
-            victim._phase = REFUSED
-            self.closing += 1
-            victim.transport.close()
-            return True
+            del self.idle[victim]
+            if victim._phase is IDLE:
+                victim._phase = REFUSED
+                self.closing += 1
+                victim.transport.close()
+                return True
         return False
 
     def _arm(self) -> None:
@@ -172,7 +174,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._phase = WAITING
         self._in_body = False  # between a request's headers and its end: bytes are body
         self._header_bytes = 0  # of the request being received, while not in a body
-        self._headers_seen = 0
+        self._max_header_bytes = guard.limits.max_header_bytes
         self._linger: asyncio.TimerHandle | None = None
 
     # --- connection life ---
@@ -184,7 +186,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if over and not guard.make_room():
             self.refuse("over_capacity")
             return
-        guard.wait(self)
+        guard.wait(self, self.loop.time())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard.forget(self)
@@ -199,24 +201,32 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_body:
             super().data_received(data)
             return
-        if self._phase is IDLE:
-            self._guard.wait(self)  # keep-alive: the next request's first bytes start its clock
-        elif self._phase is REFUSED:
+        phase = self._phase
+        if phase is REFUSED:
             return  # answered: read and drop until the client closes
-        room = self._guard.limits.max_header_bytes - self._header_bytes
+        room = self._max_header_bytes - self._header_bytes
         if len(data) <= room:
             self._header_bytes += len(data)
+            if phase is not IDLE:
+                super().data_received(data)
+                return
+            # Keep-alive: the next request's clock starts at this first byte, but one whose
+            # headers come whole (the usual case) is never entered in the waiting list.
+            since = self.loop.time()
             super().data_received(data)
+            if self._phase is IDLE:
+                self._guard.wait(self, since)
             return
+        if phase is IDLE:
+            self._guard.wait(self, self.loop.time())
         # Past the budget: feed only what fits. If that finished the headers, the rest is body
         # (or the next request) and is fed as usual; if not, the headers are too large.
-        headers_seen = self._headers_seen
         view = memoryview(data)
-        self._header_bytes += room
+        self._header_bytes += room  # > 0 until a header block completes (and resets it)
         super().data_received(view[:room])  # type: ignore[arg-type]
         if self.transport.is_closing() or self._phase is CLOSED:
             return  # answered 400, or upgraded to a WebSocket
-        if self._headers_seen == headers_seen:
+        if self._header_bytes:
             self.refuse("header_too_large")
         else:
             self.data_received(view[room:])  # type: ignore[arg-type]
@@ -261,12 +271,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # --- parser callbacks ---
 
     def on_headers_complete(self) -> None:
-        self._headers_seen += 1
         self._header_bytes = 0
         self._in_body = True
         if self._phase is WAITING:
-            self._guard.waiting.pop(self, None)
-            self._phase = ACTIVE
+            del self._guard.waiting[self]
+        self._phase = ACTIVE
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -278,7 +287,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if (self._phase is ACTIVE and not self._in_body and self.cycle.response_complete
                 and not self.transport.is_closing()):
             if self._header_bytes:  # part of the next request is here: its clock starts now
-                self._guard.wait(self)
+                self._guard.wait(self, self.loop.time())
             else:
                 self._phase = IDLE
-                self._guard.idle[self] = None
+                self._guard.idle[self] = None  # already there (left behind) costs no new entry
