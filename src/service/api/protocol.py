@@ -9,9 +9,14 @@
   so an endless header would otherwise grow memory without bound).
 - **Connections.** At most MAX_CONNECTIONS open per process (0: three quarters of the open-file
   limit, the rest kept for model files, Redis, the broker and the registry). A connection over
-  the cap closes the longest-waiting one that has not finished its headers (``408``), else an
-  idle keep-alive one (quietly, as its keep-alive timeout would), else it is answered ``503``
-  with ``Retry-After``.
+  the cap makes room by closing, in this order: one already answered and lingering (below); the
+  longest-waiting one that has not finished its headers (``408``); the longest-idle keep-alive
+  one (quietly, as its keep-alive timeout would). When every slot holds a request in progress
+  the newcomer is answered ``503`` with ``Retry-After``.
+
+A refused connection lingers up to LINGER_S, its input read and dropped, so that the client reads
+the answer rather than a reset; it keeps its slot (its file descriptor is still open) but is the
+first to go when room is needed.
 
 uvicorn's own ``limit_concurrency`` is not used: it counts the same connections but answers only
 after reading a request's headers (a slow client still holds its slot meanwhile), never makes
@@ -42,8 +47,8 @@ from service.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 MIN_CONNECTIONS = 64
 # After a refusal, read and drop what the client is still sending for up to this long before
-# closing: closing with unread input makes the kernel send a reset, and a client still writing
-# its request would then see "connection reset" instead of the 408/431/503.
+# closing: closing with unread input makes the kernel send a reset (and drop unsent output), and
+# a client still writing its request would see "connection reset" instead of the answer.
 LINGER_S = 2.0
 RETRY_AFTER_S = 1
 
@@ -62,7 +67,8 @@ _EXPLANATIONS = {
 WAITING = "waiting"  # its headers are incomplete and no request of it is being served
 ACTIVE = "active"  # a request is being read or answered
 IDLE = "idle"  # keep-alive, between requests
-REFUSED = "refused"  # answered 408/431/503 (or idle and evicted), until it is closed
+LINGERING = "lingering"  # answered 408/431/503, dropping input until the client closes
+CLOSING = "closing"  # closed by us, its file descriptor not yet released
 CLOSED = "closed"  # gone, or handed to the WebSocket protocol
 
 
@@ -94,8 +100,8 @@ class ConnectionLimits:
 
 
 class ConnectionGuard:
-    """One server's (one process's) connections waiting for headers, and idle ones, oldest
-    first, and the one timer that times out the oldest waiting one."""
+    """One server's (one process's) connections that may be closed to make room, each kind
+    oldest first, and the one timer that times out the oldest connection waiting for headers."""
 
     def __init__(self, limits: ConnectionLimits, loop: asyncio.AbstractEventLoop) -> None:
         self.limits = limits
@@ -105,8 +111,12 @@ class ConnectionGuard:
         # Connections that went idle, in that order. Entries are left behind when one becomes
         # busy again (cheaper per request than removing them); make_room skips those.
         self.idle: dict[GuardedHttpToolsProtocol, None] = {}
-        self.closing = 0  # refused or evicted connections not yet closed: slots given up
+        self.lingering: dict[GuardedHttpToolsProtocol, None] = {}
+        self.closing = 0  # closed by us, still in uvicorn's connection set until released
         self._timer: asyncio.TimerHandle | None = None
+
+    def over_capacity(self, connections: int) -> bool:
+        return connections - self.closing > self.limits.max_connections
 
     def wait(self, protocol: GuardedHttpToolsProtocol, since: float) -> None:
         self.waiting[protocol] = since
@@ -117,20 +127,22 @@ class ConnectionGuard:
     def forget(self, protocol: GuardedHttpToolsProtocol) -> None:
         self.waiting.pop(protocol, None)
         self.idle.pop(protocol, None)
+        self.lingering.pop(protocol, None)
 
     def make_room(self) -> bool:
-        """Close the longest-waiting connection without headers, else the longest-idle one;
-        False when every connection is busy with a request."""
+        """Close one connection (see the module's docstring for which); False when every
+        connection is busy with a request."""
+        if self.lingering:
+            next(iter(self.lingering)).close_now()
+            return True
         if self.waiting:
-            next(iter(self.waiting)).refuse("evicted")
+            next(iter(self.waiting)).refuse("evicted", linger=False)  # its slot is needed now
             return True
         while self.idle:
             victim = next(iter(self.idle))
             del self.idle[victim]
             if victim._phase is IDLE:
-                victim._phase = REFUSED
-                self.closing += 1
-                victim.transport.close()
+                victim.close_now()
                 return True
         return False
 
@@ -182,18 +194,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         guard = self._guard
-        over = len(self.connections) - guard.closing > guard.limits.max_connections
-        if over and not guard.make_room():
+        if guard.over_capacity(len(self.connections)) and not guard.make_room():
             self.refuse("over_capacity")
             return
         guard.wait(self, self.loop.time())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard.forget(self)
-        if self._phase is REFUSED:
+        if self._phase is CLOSING:
             self._guard.closing -= 1
-            if self._linger is not None:
-                self._linger.cancel()
+        if self._linger is not None:
+            self._linger.cancel()
         self._phase = CLOSED
         super().connection_lost(exc)
 
@@ -202,7 +213,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().data_received(data)
             return
         phase = self._phase
-        if phase is REFUSED:
+        if phase is LINGERING or phase is CLOSING:
             return  # answered: read and drop until the client closes
         room = self._max_header_bytes - self._header_bytes
         if len(data) <= room:
@@ -231,20 +242,34 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self.data_received(view[room:])  # type: ignore[arg-type]
 
-    def refuse(self, reason: str) -> None:
-        """Answer ``reason``'s status, stop reading requests, close after the client has read
-        the answer (or after LINGER_S)."""
-        self._guard.forget(self)
-        if self._phase is REFUSED or self._phase is CLOSED or self.transport.is_closing():
+    def refuse(self, reason: str, *, linger: bool = True) -> None:
+        """Answer ``reason``'s status and stop reading requests; close once the client has
+        read the answer and closed (at most LINGER_S later), or at once without ``linger``."""
+        if self._phase in (LINGERING, CLOSING, CLOSED):
             return
-        self._guard.closing += 1
-        self._phase = REFUSED
+        self._guard.forget(self)
+        if self.transport.is_closing():  # already answered (a 400) and closing
+            return
         self._in_body = False
         _REFUSED[reason].inc()
         self.transport.write(self._refusal(_REFUSALS[reason], _EXPLANATIONS[reason]))
+        if not linger:
+            self.close_now()
+            return
+        self._phase = LINGERING
+        self._guard.lingering[self] = None
         if self.transport.can_write_eof():
             self.transport.write_eof()  # the client sees the end, closes, and we are done
-        self._linger = self.loop.call_later(LINGER_S, self.transport.close)
+        self._linger = self.loop.call_later(LINGER_S, self.close_now)
+
+    def close_now(self) -> None:
+        """Close (the answer written so far is still sent); the slot counts as free at once."""
+        if self._phase is CLOSING or self._phase is CLOSED:
+            return
+        self._guard.forget(self)
+        self._guard.closing += 1
+        self._phase = CLOSING
+        self.transport.close()
 
     def _refusal(self, status: int, explanation: str) -> bytes:
         body = explanation.encode("ascii")
@@ -258,9 +283,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return b"".join(lines)
 
     def shutdown(self) -> None:
-        if self._phase is REFUSED:
-            self.transport.close()
-        else:
+        if self._phase is LINGERING:
+            self.close_now()
+        elif self._phase is not CLOSING:
             super().shutdown()
 
     def handle_websocket_upgrade(self) -> None:
