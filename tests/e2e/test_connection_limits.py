@@ -146,6 +146,20 @@ def _eventually_ok(server: ServeProcess, within_s: float = 10) -> bool:
     return False
 
 
+def test_a_flood_of_stalled_connections_cannot_exhaust_the_open_file_limit(
+    registry: Path, tmp_path: Path,
+):
+    # The default cap keeps a quarter of `ulimit -n` 256 free: 192 connections.
+    with ServeProcess(registry, tmp_path, open_files=256, TORCH_THREADS="1") as server, \
+            contextlib.ExitStack() as stack:
+        for _ in range(300):
+            sock = stack.enter_context(connect(server.url))
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n")
+        assert [predicts(server) for _ in range(3)] == [200] * 3
+        assert refused(server)["evicted"] >= 300 - 192
+    assert b"Too many open files" not in server.log.read_bytes()
+
+
 def test_every_refusal_reason_is_exported_from_the_start(capped: ServeProcess):
     assert set(refused(capped)) == {"header_timeout", "evicted", "header_too_large",
                                     "over_capacity"}
