@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     )
     max_connections: int = Field(
         0, ge=0, description="Open connections per process (0: 3/4 of the open-file limit, at "
-        "least 64); over it the longest-waiting one without headers gets 408, else 503."
+        "least 64); over it a stalled (408) or idle one is closed for the new one, else 503."
     )
     load_model: bool = Field(
         True, description="False lets an API instance only enqueue jobs (small CPU box)."
