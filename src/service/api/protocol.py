@@ -25,8 +25,9 @@ by this cap (one per connection) and inference backpressure by MAX_QUEUE_SIZE.
 
 Every refusal is counted in ``lab2prod_connections_refused_total{reason}``. The bounds are read
 from the settings once per process, so ``--workers`` processes each apply them. Per request the
-added work is a few attribute checks and dict updates; the header clock is one timer per
-process, set for the oldest waiting connection (docs/hardening.md).
+added work is a few attribute checks, and a dict update when a connection goes idle or its
+headers come in pieces; the header clock is one timer per process, set for the oldest waiting
+connection (measurements: docs/hardening.md).
 """
 
 from __future__ import annotations
@@ -194,9 +195,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         guard = self._guard
-        if guard.over_capacity(len(self.connections)) and not guard.make_room():
-            self.refuse("over_capacity")
-            return
+        while guard.over_capacity(len(self.connections)):  # once, unless others linger too
+            if not guard.make_room():
+                self.refuse("over_capacity")
+                return
         guard.wait(self, self.loop.time())
 
     def connection_lost(self, exc: Exception | None) -> None:
