@@ -12,9 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.models import fresh_checkpoint
 from support.rawhttp import connect, read_answer, request_head, trickle_until_answered
-from support.registry import publish
+from support.registry import one_version_registry
 from support.servers import ServeProcess
 
 pytestmark = pytest.mark.slow
@@ -24,10 +23,7 @@ CAP = 16
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("e2e-limits")
-    registry = folder / "models"
-    publish(registry, fresh_checkpoint(folder / "v1.safetensors", seed=1))
-    return registry
+    return one_version_registry(tmp_path_factory.mktemp("e2e-limits"))
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +132,20 @@ def test_when_every_connection_is_busy_with_a_request_a_new_one_gets_503(capped:
         busy.pop().close()  # one request gives up: its slot is free again
         assert _eventually_ok(capped)
     assert refused(capped)["over_capacity"] >= 1
+
+
+def test_at_the_cap_the_longest_idle_keep_alive_connection_is_closed_for_a_new_one(
+    capped: ServeProcess,
+):
+    with contextlib.ExitStack() as stack:
+        idle = [stack.enter_context(connect(capped.url)) for _ in range(CAP)]
+        for sock in idle:  # one request each, then quiet (within the 5 s keep-alive)
+            sock.sendall(request_head("GET", "/health"))
+            assert read_answer(sock).status == 200
+        assert predicts(capped) == 200
+        assert idle[0].recv(1) == b"", "the longest-idle connection was not closed"
+        idle[-1].sendall(request_head("GET", "/health"))
+        assert read_answer(idle[-1]).status == 200
 
 
 def _eventually_ok(server: ServeProcess, within_s: float = 10) -> bool:

@@ -109,9 +109,7 @@ class ConnectionGuard:
         self.loop = loop
         # Insertion order is waiting order: a connection is (re)inserted when its clock starts.
         self.waiting: dict[GuardedHttpToolsProtocol, float] = {}
-        # Connections that went idle, in that order. Entries are left behind when one becomes
-        # busy again (cheaper per request than removing them); make_room skips those.
-        self.idle: dict[GuardedHttpToolsProtocol, None] = {}
+        self.idle: dict[GuardedHttpToolsProtocol, None] = {}  # in the order they went idle
         self.lingering: dict[GuardedHttpToolsProtocol, None] = {}
         self.closing = 0  # closed by us, still in uvicorn's connection set until released
         self._timer: asyncio.TimerHandle | None = None
@@ -139,12 +137,9 @@ class ConnectionGuard:
         if self.waiting:
             next(iter(self.waiting)).refuse("evicted", linger=False)  # its slot is needed now
             return True
-        while self.idle:
-            victim = next(iter(self.idle))
-            del self.idle[victim]
-            if victim._phase is IDLE:
-                victim.close_now()
-                return True
+        if self.idle:
+            next(iter(self.idle)).close_now()
+            return True
         return False
 
     def _arm(self) -> None:
@@ -225,12 +220,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 return
             # Keep-alive: the next request's clock starts at this first byte, but one whose
             # headers come whole (the usual case) is never entered in the waiting list.
+            self._guard.idle.pop(self, None)
             since = self.loop.time()
             super().data_received(data)
             if self._phase is IDLE:
                 self._guard.wait(self, since)
             return
         if phase is IDLE:
+            self._guard.idle.pop(self, None)
             self._guard.wait(self, self.loop.time())
         # Past the budget: feed only what fits. If that finished the headers, the rest is body
         # (or the next request) and is fed as usual; if not, the headers are too large.
@@ -317,4 +314,4 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._guard.wait(self, self.loop.time())
             else:
                 self._phase = IDLE
-                self._guard.idle[self] = None  # already there (left behind) costs no new entry
+                self._guard.idle[self] = None
