@@ -29,8 +29,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def impatient(registry: Path, tmp_path_factory: pytest.TempPathFactory
               ) -> Iterator[ServeProcess]:
-    """A server that waits 1 s for a request's headers."""
-    with ServeProcess(registry, tmp_path_factory.mktemp("impatient"), HEADER_TIMEOUT_S="1",
+    """A server that waits 2 s for a request's headers."""
+    with ServeProcess(registry, tmp_path_factory.mktemp("impatient"), HEADER_TIMEOUT_S="2",
                       TORCH_THREADS="1") as running:
         yield running
 
@@ -73,7 +73,7 @@ def test_a_client_trickling_its_headers_gets_408_in_time_and_others_are_served(
     for answer, seconds in answers:
         assert answer is not None and answer.status == 408, "a header trickle held the server"
         assert answer.headers["connection"] == "close"
-        assert seconds < 8, f"the trickle extended the 1 s header timeout to {seconds:.1f} s"
+        assert seconds < 8, f"the trickle extended the 2 s header timeout to {seconds:.1f} s"
     assert silent_answer.status == 408
     after = refused(impatient)
     assert after["header_timeout"] - before.get("header_timeout", 0) >= 3
