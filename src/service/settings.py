@@ -58,6 +58,18 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_json: bool = True
     access_log: bool = Field(False, description="One JSON log line per request (costs req/s).")
+    # what one connection may cost (api/protocol.py, docs/hardening.md)
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Request line and headers must arrive within this, from the "
+        "accept or the request's first byte (slow trickles don't extend it), else 408."
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="Larger request line + headers get 431 (never buffered)."
+    )
+    max_connections: int = Field(
+        0, ge=0, description="Open connections per process (0: 3/4 of the open-file limit, at "
+        "least 64); over it a stalled (408) or idle one is closed for the new one, else 503."
+    )
     load_model: bool = Field(
         True, description="False lets an API instance only enqueue jobs (small CPU box)."
     )

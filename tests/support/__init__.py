@@ -6,6 +6,7 @@
 - ``app``: test settings and the real app called in-process
 - ``uploads``: images as users upload them
 - ``servers``: real processes on free ports (redis-server, ``lab2prod serve``/``worker``)
+- ``rawhttp``: HTTP/1.1 by hand over a socket, for misbehaving clients (trickling, stalled)
 - ``mlflow_server``: a real ``mlflow server`` (temporary SQLite store and artefact folder)
 - ``releases``: ``lab2prod release`` and other commands run in a project folder, tiny parameters
 - ``rabbitmq``: the shared RabbitMQ: reachability, a queue per test, its counts and cleanup

@@ -17,6 +17,7 @@ from service.ml.records import CHECKPOINT_FILE
 from service.registry import ModelRegistry, open_registry
 from service.registry.base import PRODUCTION
 from service.release.checks import prepare_runtimes
+from support.models import fresh_checkpoint
 
 
 def publish(
@@ -27,6 +28,14 @@ def publish(
     ``card`` adds fields to the version's card."""
     registry = open_registry(registry_dir, "mnist-cnn")
     return registry.publish(checkpoint, {"source": "tests", **card}, aliases=aliases)
+
+
+def one_version_registry(folder: Path) -> Path:
+    """A folder registry at ``folder``/models whose production alias points at v1, a fresh
+    (seeded, untrained) model: all a server needs to start and answer."""
+    registry = folder / "models"
+    publish(registry, fresh_checkpoint(folder / "v1.safetensors", seed=1))
+    return registry
 
 
 _PUBLISH = """

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -101,17 +102,18 @@ def lab2prod_env(registry: Path | str | None, **extra: str) -> dict[str, str]:
 
 class ServeProcess:
     """A real `lab2prod serve` on a free port of 127.0.0.1, its log in ``workdir``; ``registry``
-    is a folder or a REGISTRY_URL. As a context manager: ready on entry, stopped on exit (also
-    when it never got ready)."""
+    is a folder or a REGISTRY_URL; ``open_files`` sets its open-file limit (``ulimit -n``). As a
+    context manager: ready on entry, stopped on exit (also when it never got ready)."""
 
-    def __init__(self, registry: Path | str | None, workdir: Path, *args: str, **env: str
-                 ) -> None:
+    def __init__(self, registry: Path | str | None, workdir: Path, *args: str,
+                 open_files: int | None = None, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"serve-{self.port}.log"
         self.process = subprocess.Popen(
             [LAB2PROD, "serve", *args], env=lab2prod_env(registry, PORT=str(self.port), **env),
             cwd=workdir, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"),
+            preexec_fn=None if open_files is None else lambda: _limit_open_files(open_files),
         )
 
     def wait_ready(self, timeout: float = 90) -> None:
@@ -140,6 +142,12 @@ class ServeProcess:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def rss_bytes(self) -> int:
+        """The server process's resident memory now (Linux /proc)."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+        return int(line.split()[1]) * 1024
+
     def stop(self) -> int:
         """SIGTERM (SIGKILL after 20 s); returns the exit code."""
         if self.process.poll() is None:
@@ -150,6 +158,11 @@ class ServeProcess:
                 self.process.kill()
                 self.process.wait(10)
         return self.process.returncode
+
+
+def _limit_open_files(count: int) -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
 
 
 def worker_env(

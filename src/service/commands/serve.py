@@ -7,6 +7,8 @@ REDIS_URL, MAX_BATCH_SIZE, TORCH_THREADS, ACCESS_LOG, LOAD_MODEL, DRAIN_GRACE_S,
 
 SIGTERM drains first (DRAIN_GRACE_S: /ready says 503 'draining', answers close their
 connections), then stops; SIGINT stops at once. With --workers N each worker drains.
+Each connection is bounded (service.api.protocol): HEADER_TIMEOUT_S, MAX_HEADER_BYTES,
+MAX_CONNECTIONS per process.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from service.api.app import create_app
     from service.api.drain import IN_FLIGHT_TIMEOUT_S
+    from service.api.protocol import GuardedHttpToolsProtocol
     from service.inference.pool import ModelPool, VersionNotFound, VersionUnavailable
     from service.inference.router import TrafficPolicy
     from service.observability import configure_logging
@@ -70,7 +73,7 @@ def serve(args: argparse.Namespace) -> int:
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": GuardedHttpToolsProtocol,  # httptools, bounding each connection's cost
         "access_log": False,  # ACCESS_LOG=true logs requests as JSON, with their request id
         "log_config": None,  # our JSON logging, configured by create_app
         "log_level": settings.log_level,

@@ -31,6 +31,13 @@ HTTP_LATENCY = Histogram(
 REJECTED = Counter(
     "lab2prod_rejected_total", "Requests refused with 503 before inference, by reason.", ["reason"]
 )
+CONNECTIONS_REFUSED = Counter(
+    "lab2prod_connections_refused_total",
+    "Connections answered and closed by the connection limits (api/protocol.py), by reason: "
+    "header_timeout (408), header_too_large (431), evicted (408: the longest-waiting one without "
+    "complete headers, closed to admit a new one at MAX_CONNECTIONS), over_capacity (503).",
+    ["reason"],
+)
 
 # --- models and inference ---------------------------------------------------------------------
 
