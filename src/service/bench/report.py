@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from service.bench.limits import limit_line
+
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 JSON_TARGETS = ("ours", "tutorial", "threadpool", "litserve")
 
@@ -38,7 +40,7 @@ def summary_table(data: dict[str, Any]) -> str:
 
 def _order(target: str) -> int:
     order = ["ours", "tutorial", "threadpool", "litserve", "ours-v2", "ours-png", "ours-batch",
-             "ours-hit-memory", "ours-hit-redis", "ours-shadow"]
+             "ours-hit-memory", "ours-hit-redis", "ours-shadow", "floor"]
     return order.index(target) if target in order else len(order)
 
 
@@ -142,6 +144,7 @@ def markdown(data: dict[str, Any]) -> str:
         targets_table(data),
         "",
         png_ceiling_line(data),
+        limit_line(data.get("limit")),
         shadow_line(data),
         "",
         "## Our throughput over each baseline (median req/s)",
@@ -229,6 +232,7 @@ def update_readme(readme: Path, data: dict[str, Any]) -> bool:
     _, tail = rest.split(README_END, 1)
     ratio_lines = [f"- {c}: " + ", ".join(f"{k} {v:.2f}x" for k, v in r.items())
                    for c, r in data["ratios"].items()]
+    notes = [line for line in (png_ceiling_line(data), limit_line(data.get("limit"))) if line]
     block = "\n".join([
         README_START,
         f"Measured by `lab2prod bench` ({data['context']['started']}, "
@@ -240,7 +244,7 @@ def update_readme(readme: Path, data: dict[str, Any]) -> bool:
         *ratio_lines,
         "",
         targets_table(data),
-        *(["", png_ceiling_line(data)] if data.get("png_ceiling") else []),
+        *(["", *notes] if notes else []),
         README_END,
     ])
     readme.write_text(head + block + tail)

@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
 def _serving(args: argparse.Namespace, checkpoint: Path, source: str, settings: Any) -> int:
     from service.bench import report
     from service.bench.harness import BenchConfig, run_benchmark
+    from service.bench.limits import limit_line
     from service.bench.wrk import BenchError
 
     config = BenchConfig(
@@ -120,6 +121,8 @@ def _serving(args: argparse.Namespace, checkpoint: Path, source: str, settings: 
         return 130
     paths = report.write(data, args.out, args.readme)
     print(report.targets_table(data))
+    if data.get("limit"):
+        print(limit_line(data["limit"]))
     print("\n".join(f"{c}: {r}" for c, r in data["ratios"].items()))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

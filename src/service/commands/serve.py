@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,6 +30,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: WORKERS, 1)",
     )
     parser.set_defaults(handler=serve)
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn runs the service (the bench's HTTP floor runs a bare app with the same)."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,  # ACCESS_LOG=true logs requests as JSON, with their request id
+        "log_config": None,  # our JSON logging, configured by create_app
+        "log_level": settings.log_level,
+        "server_header": False,
+        "timeout_graceful_shutdown": 10,
+    }
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -60,17 +76,7 @@ def serve(args: argparse.Namespace) -> int:
         except (VersionNotFound, VersionUnavailable) as exc:
             print(f"lab2prod serve: cannot start: {exc}", file=sys.stderr)
             return 2
-    options = {
-        "host": settings.host,
-        "port": settings.port,
-        "loop": "uvloop",
-        "http": "httptools",
-        "access_log": False,  # ACCESS_LOG=true logs requests as JSON, with their request id
-        "log_config": None,  # our JSON logging, configured by create_app
-        "log_level": settings.log_level,
-        "server_header": False,
-        "timeout_graceful_shutdown": 10,
-    }
+    options = uvicorn_options(settings)
     if settings.workers == 1:
         uvicorn.run(create_app(settings, pool=pool), **options)  # type: ignore[arg-type]
     else:  # each worker process builds its own app (and pool) from the environment
