@@ -9,6 +9,8 @@ import urllib.request
 import numpy as np
 import orjson
 import pytest
+from support.models import trained_checkpoint
+from support.registry import publish_release
 
 from service.bench import bodies, limits, report
 from service.bench.harness import Run, assemble
@@ -16,8 +18,6 @@ from service.bench.servers import Server, free_port
 from service.commands.serve import uvicorn_options
 from service.ml.data import load_dataset
 from service.settings import Settings
-from tests.support.models import trained_checkpoint
-from tests.support.registry import publish_release
 
 
 def test_the_floor_reads_the_body_and_answers_a_fixed_prediction_without_a_server_header(
