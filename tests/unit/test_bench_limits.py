@@ -80,6 +80,10 @@ def test_the_limit_adds_the_floors_and_the_runtimes_time_per_request():
     line = limits.limit_line(limit)
     assert "ours 1,420 req/s = **0.60** of the 2,349 limit (floor 6,100 req/s, runtime " \
            "3,820 img/s: onnx-int8" in line
+    assert "cpu_share" not in limit, "no CPU figures given"
+    by_cpu = limits.combined_limit(1420.0, 6100.0, runtime, ours_cpu_ms=0.6, floor_cpu_ms=0.16)
+    assert by_cpu["cpu_share"] == pytest.approx((160 + 1e6 / 3820) / 600, abs=0.001)
+    assert "floor 160 µs + model 262 µs of our 600 µs = **0.70**" in limits.limit_line(by_cpu)
     assert limits.combined_limit(1420.0, None, runtime) is None, "no floor in the run"
     assert limits.combined_limit(1420.0, 6100.0, None) is None, "no runtime measured"
 

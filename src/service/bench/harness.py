@@ -600,9 +600,11 @@ def assemble(runs: list[Run], memory: dict[str, Any], context: dict[str, Any],
              uploads: dict[str, float] | None = None,
              runtime: dict[str, Any] | None = None) -> dict[str, Any]:
     rows = summarise(runs)
-    limit = limits.combined_limit(_median(rows, "ours", 64, "requests_per_s"),
-                                  _median(rows, limits.FLOOR_TARGET, 64, "requests_per_s"),
-                                  runtime)
+    limit = limits.combined_limit(
+        _median(rows, "ours", 64, "requests_per_s"),
+        _median(rows, limits.FLOOR_TARGET, 64, "requests_per_s"), runtime,
+        ours_cpu_ms=_median(rows, "ours", 64, "cpu_ms_per_request"),
+        floor_cpu_ms=_median(rows, limits.FLOOR_TARGET, 64, "cpu_ms_per_request"))
     return {"context": context, "summary": rows, "ratios": ratios(rows),
             "targets": check_targets(rows) + limits.checks(limit),
             "png_ceiling": png_ceiling(rows, uploads or {}), "runtime_alone": runtime,

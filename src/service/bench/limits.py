@@ -144,20 +144,32 @@ def _median_call(call: Any, inputs: list[Any], seconds: float) -> float:
 
 
 def combined_limit(ours_rps: float | None, floor_rps: float | None,
-                   runtime: dict[str, Any] | None) -> dict[str, Any] | None:
+                   runtime: dict[str, Any] | None, *, ours_cpu_ms: float | None = None,
+                   floor_cpu_ms: float | None = None) -> dict[str, Any] | None:
     """Our req/s as a share of 1 / (1/floor + 1/runtime rate), with what is left over: our own
-    microseconds per request beyond the floor's and the runtime's."""
+    microseconds per request beyond the floor's and the runtime's.
+
+    With the servers' CPU time per request (``*_cpu_ms``), the same share by CPU time too:
+    (floor's CPU + the runtime's) over ours. Where other work shares the servers' core, req/s
+    fall with the core's share the server gets; CPU time per request much less so."""
     if not ours_rps or not floor_rps or not runtime or not runtime.get("images_per_s"):
         return None
     runtime_rate = float(runtime["images_per_s"])
     limit = 1.0 / (1.0 / floor_rps + 1.0 / runtime_rate)
-    return {
+    result = {
         "ours_rps": round(ours_rps, 1), "floor_rps": round(floor_rps, 1),
         "runtime": runtime["runtime"], "runtime_images_per_s": round(runtime_rate, 1),
         "limit_rps": round(limit, 1), "share": round(ours_rps / limit, 3),
         "floor_us": round(1e6 / floor_rps, 1), "runtime_us": round(1e6 / runtime_rate, 1),
         "overhead_us": round(1e6 / ours_rps - 1e6 / limit, 1),
     }
+    if ours_cpu_ms and floor_cpu_ms:
+        floor_cpu_us, ours_cpu_us = 1000 * floor_cpu_ms, 1000 * ours_cpu_ms
+        result.update({
+            "ours_cpu_us": round(ours_cpu_us, 1), "floor_cpu_us": round(floor_cpu_us, 1),
+            "cpu_share": round((floor_cpu_us + 1e6 / runtime_rate) / ours_cpu_us, 3),
+        })
+    return result
 
 
 def checks(limit: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -176,7 +188,11 @@ def limit_line(limit: dict[str, Any] | None) -> str:
             f"the {limit['limit_rps']:,.0f} limit (floor {limit['floor_rps']:,.0f} req/s, "
             f"runtime {limit['runtime_images_per_s']:,.0f} img/s: {limit['runtime']} at batch "
             f"{RUNTIME_BATCH}, one thread); per request: floor {limit['floor_us']:.0f} µs + "
-            f"model {limit['runtime_us']:.0f} µs + our own {limit['overhead_us']:.0f} µs.")
+            f"model {limit['runtime_us']:.0f} µs + our own {limit['overhead_us']:.0f} µs."
+            + (f" By CPU time per request (less distorted by other work on the core): floor "
+               f"{limit['floor_cpu_us']:.0f} µs + model {limit['runtime_us']:.0f} µs of our "
+               f"{limit['ours_cpu_us']:.0f} µs = **{limit['cpu_share']:.2f}**."
+               if "cpu_share" in limit else ""))
 
 
 if __name__ == "__main__":
