@@ -10,7 +10,8 @@ A missing or broken default model stops start-up with a message that says how to
 /predict answers 503 saying so.
 
 Middleware is pure ASGI (request id, metrics, Connection: close while draining, GZip for bodies
-over 1 KB).
+over 1 KB). POST /predict, the hot path, is served ahead of FastAPI's own middleware stack
+(``HotRoutes``), with the same request context, drain and the app's own exception handlers.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Any
 import torch
 from fastapi import FastAPI
 from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.drain import CloseWhileDraining, Drain
@@ -32,6 +35,7 @@ from service.api.errors import install_error_handlers
 from service.api.openapi import install_openapi, operation_id
 from service.api.readiness import ReadinessChecks
 from service.api.routes import admin, collect, predict, v2
+from service.api.routes.fast import FastRoute
 from service.api.shadow import Shadow
 from service.inference.cache import PredictionCache
 from service.inference.pool import ModelPool
@@ -42,6 +46,9 @@ from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 GZIP_MINIMUM_BYTES = 1024
+# Routes whose answers are always under GZIP_MINIMUM_BYTES (a /predict answer is about 250
+# bytes): GZip passes them through, so they are also the ones HotRoutes can serve without it.
+SMALL_ANSWER_PATHS = frozenset({"/predict"})
 
 
 def create_app(settings: Settings | None = None, *, pool: ModelPool | None = None) -> FastAPI:
@@ -68,7 +75,7 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
                 yield
             logger.info("shutting down")
 
-    app = FastAPI(
+    app = ServiceApp(
         title="lab2prod",
         summary="The MNIST CNN from the notebook, served: POST /predict.",
         version="0.1.0",
@@ -97,11 +104,75 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
     install_openapi(app, settings)
     app.add_middleware(
         GZipForLargeBodies, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=6,
-        small_paths=frozenset({"/predict"}), only_if_asked=v2.is_infer_path,
+        small_paths=SMALL_ANSWER_PATHS, only_if_asked=v2.is_infer_path,
     )
     app.add_middleware(CloseWhileDraining, drain=app.state.drain)
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)  # outermost
+    app.hot = HotRoutes(app, [r for r in predict.FAST_ROUTES if r.path in SMALL_ANSWER_PATHS],
+                        access_log=settings.access_log, drain=app.state.drain)
     return app
+
+
+class ServiceApp(FastAPI):
+    """FastAPI, with ``hot`` routes answered before its middleware stack is entered."""
+
+    hot: HotRoutes | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hot = self.hot
+        if (hot is not None and scope["type"] == "http" and scope["path"] in hot.paths
+                and scope["method"] == "POST" and not scope.get("root_path")):
+            scope["app"] = self
+            await hot(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+class HotRoutes:
+    """Serves a few routes' POST requests directly: request id, metrics and logging context
+    (``RequestContextMiddleware``, as for every request) and ``Connection: close`` while
+    draining, then the route's endpoint, and for an exception it raises, the app's handler for
+    that exception (as Starlette's ExceptionMiddleware would pick it); one without a handler is
+    the request context's JSON 500.
+
+    What it skips does nothing for these requests: FastAPI's telemetry and body-limit layers
+    (both off), Starlette's server-error layer (the request context answers 500 first), GZip
+    (answers under its minimum), the router's scan and the route wrappers. A dozen coroutine
+    layers entered and resumed on every request (docs/benchmarks/overhead.md)."""
+
+    def __init__(
+        self, app: FastAPI, routes: list[FastRoute], *, access_log: bool, drain: Drain
+    ) -> None:
+        self.app = app
+        self.routes = {route.path: route for route in routes}
+        self.paths = frozenset(self.routes)
+        self._context = RequestContextMiddleware(
+            CloseWhileDraining(self._serve, drain=drain), access_log=access_log
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._context(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = scope["route"] = self.routes[scope["path"]]  # labels the request's metrics
+        scope["router"] = self.app.router
+        request = Request(scope, receive, send)
+        try:
+            response: Response = await route.endpoint(request)
+        except Exception as exc:
+            handler = _handler_for(self.app, exc)
+            if handler is None:
+                raise
+            response = await handler(request, exc)
+        await response(scope, receive, send)
+
+
+def _handler_for(app: FastAPI, exc: Exception) -> Callable[..., Any] | None:
+    handlers = app.exception_handlers
+    for cls in type(exc).__mro__:
+        if cls in handlers:
+            return handlers[cls]  # type: ignore[no-any-return]
+    return None
 
 
 class GZipForLargeBodies:

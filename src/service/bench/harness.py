@@ -13,6 +13,8 @@ Targets (a server and a body set):
   ours-batch                             POST /predict/batch, 16 distinct digits a request
   ours-hit-memory                        one body repeated: in-process LRU hits
   ours-hit-redis                         one body repeated: Redis hits (no in-process LRU)
+  floor                                  the HTTP floor: a bare route on our uvicorn settings
+                                         (with the runtime alone: bench/limits.py)
 
 Our miss-path server keeps its in-process cache on but smaller (256) than the cycle of
 distinct bodies (2,048), so an LRU can never hit; /metrics cache counters prove it per run.
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from service.bench import bodies as bodies_module
-from service.bench import peers, wrk
+from service.bench import limits, peers, wrk
 from service.bench.servers import Server, ServerSpec, free_port, python_command, stop_all
 from service.bench.wrk import BenchError
 
@@ -54,6 +56,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "ours-hit-memory": ("ours", "json-same"),
     "ours-hit-redis": ("ours-redis", "json-same"),
     "ours-shadow": ("ours-shadow", "json"),  # every request also answered by a shadow version
+    limits.FLOOR_TARGET: (limits.FLOOR_TARGET, "json"),
 }
 TARGETS.update(peers.TARGETS)  # the baselines and peers, eager and same-runtime
 # What a run measures unless told: all but the peers that need a run of their own (Ray Serve).
@@ -189,6 +192,7 @@ def server_specs(
             "/ready", {**ours_env, "CACHE_SIZE": "0",
                        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"},
         )
+    specs[limits.FLOOR_TARGET] = limits.floor_spec(free_port(), ours_env)
     specs.update(peers.specs(config, same_runtime_file))
     return specs
 
@@ -288,6 +292,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     memory: dict[str, Any] = {}
     runs: list[Run] = []
     uploads: dict[str, float] = {}
+    runtime: dict[str, Any] | None = None
     cursor = Cursor()
     try:
         redis_port = None
@@ -349,6 +354,10 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
             memory["workers"] = _worker_memory(config, registry, redis_port, log_dir)
         if "ours-png" in config.targets:
             uploads = upload_costs(body_sets["png"], config.server_cpu)
+        if limits.FLOOR_TARGET in config.targets:
+            runtime = limits.runtime_alone(
+                registry, config.model_name, "production",
+                limits.bench_digits(body_sets["json"].path, 1024), config.server_cpu)
     finally:
         stop_all(list(servers.values()))
         shutil.rmtree(run_dir / "bodies", ignore_errors=True)  # tens of MB a run; logs stay
@@ -357,7 +366,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     if same_runtime:
         context["same_runtime"] = {"file": str(same_runtime["path"]),
                                    "ours_runtime": same_runtime["ours_runtime"]}
-    return assemble(runs, memory, context, uploads)
+    return assemble(runs, memory, context, uploads, runtime)
 
 
 def idle_cpu(servers: dict[str, Server], seconds: float = 3.0) -> dict[str, float]:
@@ -610,6 +619,9 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     value = ratio("ours-shadow", "ours", 64, "p99_ms")
     add("c=64 p99 with 100% shadow vs without", value, "<= 1.2x",
         None if value is None else value <= 1.2)
+    p50 = _median(rows, "ours", 64, "p50_ms")
+    value = p99 / p50 if p99 is not None and p50 else None
+    add("c=64 JSON p99 vs our p50", value, "<= 1.6x", None if value is None else value <= 1.6)
     return checks
 
 
@@ -626,8 +638,15 @@ def png_ceiling(rows: list[dict[str, Any]], uploads: dict[str, float]) -> dict[s
 
 
 def assemble(runs: list[Run], memory: dict[str, Any], context: dict[str, Any],
-             uploads: dict[str, float] | None = None) -> dict[str, Any]:
+             uploads: dict[str, float] | None = None,
+             runtime: dict[str, Any] | None = None) -> dict[str, Any]:
     rows = summarise(runs)
+    limit = limits.combined_limit(
+        _median(rows, "ours", 64, "requests_per_s"),
+        _median(rows, limits.FLOOR_TARGET, 64, "requests_per_s"), runtime,
+        ours_cpu_ms=_median(rows, "ours", 64, "cpu_ms_per_request"),
+        floor_cpu_ms=_median(rows, limits.FLOOR_TARGET, 64, "cpu_ms_per_request"))
     return {"context": context, "summary": rows, "ratios": ratios(rows),
-            "targets": check_targets(rows), "png_ceiling": png_ceiling(rows, uploads or {}),
-            "memory": memory, "runs": [asdict(r) for r in runs]}
+            "targets": check_targets(rows) + limits.checks(limit),
+            "png_ceiling": png_ceiling(rows, uploads or {}), "runtime_alone": runtime,
+            "limit": limit, "memory": memory, "runs": [asdict(r) for r in runs]}

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from service.bench import peers
+from service.bench.limits import limit_line
 
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 # the chart's left panel: ours and every server sent the same JSON digits
@@ -75,7 +76,7 @@ def summary_table(data: dict[str, Any]) -> str:
 def _order(target: str) -> tuple[int, int]:
     """Ours first, then the eager family, then the same-runtime family, each in its own order."""
     order = ["ours", "ours-v2", "ours-png", "ours-batch", "ours-hit-memory", "ours-hit-redis",
-             "ours-shadow", *peers.TARGETS]
+             "ours-shadow", "floor", *peers.TARGETS]
     return (FAMILY_ORDER.index(family(target)),
             order.index(target) if target in order else len(order))
 
@@ -217,6 +218,7 @@ def markdown(data: dict[str, Any]) -> str:
         targets_table(data),
         "",
         png_ceiling_line(data),
+        limit_line(data.get("limit")),
         shadow_line(data),
         "",
         "## Our throughput over each baseline and peer (median req/s)",
@@ -303,6 +305,7 @@ def update_readme(readme: Path, data: dict[str, Any]) -> bool:
         return False
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
+    notes = [line for line in (png_ceiling_line(data), limit_line(data.get("limit"))) if line]
     block = "\n".join([
         README_START,
         f"Measured by `lab2prod bench` ({data['context']['started']}, "
@@ -313,7 +316,7 @@ def update_readme(readme: Path, data: dict[str, Any]) -> bool:
         "",
         *ratio_lines(data, bold=False),
         targets_table(data),
-        *(["", png_ceiling_line(data)] if data.get("png_ceiling") else []),
+        *(["", *notes] if notes else []),
         README_END,
     ])
     readme.write_text(head + block + tail)

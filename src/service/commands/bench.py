@@ -159,6 +159,7 @@ def _config(args: argparse.Namespace, checkpoint: Path, source: str, settings: A
 def _serving(args: argparse.Namespace, checkpoint: Path, source: str, settings: Any) -> int:
     from service.bench import report
     from service.bench.harness import run_benchmark
+    from service.bench.limits import limit_line
     from service.bench.wrk import BenchError
 
     config = _config(args, checkpoint, source, settings)
@@ -174,6 +175,8 @@ def _serving(args: argparse.Namespace, checkpoint: Path, source: str, settings: 
         return 130
     paths = report.write(data, args.out, None if args.no_readme else args.readme)
     print(report.targets_table(data))
+    if data.get("limit"):
+        print(limit_line(data["limit"]))
     print("\n".join(f"{c}: {r}" for c, r in data["ratios"].items()))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

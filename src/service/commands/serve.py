@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,12 +39,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=serve)
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn runs the service (the bench's HTTP floor runs a bare app with the same)."""
+    from service.api.drain import IN_FLIGHT_TIMEOUT_S
+    from service.api.protocol import GuardedHttpToolsProtocol
+
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": GuardedHttpToolsProtocol,  # httptools, bounding each connection's cost
+        "access_log": False,  # ACCESS_LOG=true logs requests as JSON, with their request id
+        "log_config": None,  # our JSON logging, configured by create_app
+        "log_level": settings.log_level,
+        "server_header": False,
+        # after the drain's grace (SIGTERM; service.api.drain): in-flight requests get this long
+        "timeout_graceful_shutdown": IN_FLIGHT_TIMEOUT_S,
+    }
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.api.app import create_app
-    from service.api.drain import IN_FLIGHT_TIMEOUT_S
-    from service.api.protocol import GuardedHttpToolsProtocol
     from service.inference.pool import ModelPool, VersionNotFound, VersionUnavailable
     from service.inference.router import TrafficPolicy
     from service.observability import configure_logging
@@ -69,18 +87,7 @@ def serve(args: argparse.Namespace) -> int:
         except (VersionNotFound, VersionUnavailable) as exc:
             print(f"lab2prod serve: cannot start: {exc}", file=sys.stderr)
             return 2
-    options = {
-        "host": settings.host,
-        "port": settings.port,
-        "loop": "uvloop",
-        "http": GuardedHttpToolsProtocol,  # httptools, bounding each connection's cost
-        "access_log": False,  # ACCESS_LOG=true logs requests as JSON, with their request id
-        "log_config": None,  # our JSON logging, configured by create_app
-        "log_level": settings.log_level,
-        "server_header": False,
-        # after the drain's grace (SIGTERM; service.api.drain): in-flight requests get this long
-        "timeout_graceful_shutdown": IN_FLIGHT_TIMEOUT_S,
-    }
+    options = uvicorn_options(settings)
     if settings.workers == 1:
         uvicorn.run(create_app(settings, pool=pool), **options)  # type: ignore[arg-type]
     else:  # each worker process builds its own app (and pool) from the environment
