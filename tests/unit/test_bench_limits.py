@@ -12,6 +12,7 @@ import pytest
 from support.models import trained_checkpoint
 from support.registry import publish_release
 
+from service.api.protocol import GuardedHttpToolsProtocol
 from service.bench import bodies, limits, report
 from service.bench.harness import Run, assemble
 from service.bench.servers import Server, free_port
@@ -40,7 +41,8 @@ def test_the_floor_reads_the_body_and_answers_a_fixed_prediction_without_a_serve
 
 def test_the_floor_runs_on_the_services_own_uvicorn_settings():
     options = uvicorn_options(Settings(port=9123))
-    assert (options["loop"], options["http"], options["port"]) == ("uvloop", "httptools", 9123)
+    assert (options["loop"], options["http"], options["port"]) == \
+        ("uvloop", GuardedHttpToolsProtocol, 9123)  # httptools, each connection bounded
     assert options["access_log"] is False and options["server_header"] is False
 
 
@@ -110,4 +112,4 @@ def test_the_share_and_the_tail_are_targets_in_the_report_and_the_readme(tmp_pat
     paths = report.write(data, tmp_path / "out", readme)
     for text in (readme.read_text(), paths["md"].read_text()):
         assert "ours 1,800 req/s = **0.75** of the 2,400 limit (floor 6,000 req/s" in text
-        assert "| floor | 6,000, 20.0/30 |" in text or "| floor | 64 | 6,000" in text
+        assert "| floor | limit | — | 6,000, 10.0/20 |" in text or "| floor | limit | 64 | 6,000" in text

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from service.bench import peers
-from service.bench.limits import limit_line
+from service.bench.limits import FLOOR_TARGET, limit_line
 
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 # the chart's left panel: ours and every server sent the same JSON digits
 JSON_TARGETS = ("ours", *(t for t, ref in peers.REFERENCE.items() if ref == "ours"))
 OURS = "ours"
-FAMILY_ORDER = (OURS, peers.EAGER, peers.SAME_RUNTIME)
+LIMIT = "limit"  # the HTTP floor: no model, what uvicorn alone answers
+FAMILY_ORDER = (OURS, peers.EAGER, peers.SAME_RUNTIME, LIMIT)
 # What each family's ratio measures (results.md and the README say it beside the ratios).
 RATIO_MEANING = {
     peers.EAGER: "ours over the baselines as the tutorials write them (eager PyTorch): what "
@@ -26,6 +27,8 @@ RATIO_MEANING = {
 
 
 def family(target: str) -> str:
+    if target == FLOOR_TARGET:
+        return LIMIT
     return peers.family(target) or OURS
 
 
