@@ -63,7 +63,8 @@ async def run(context: DrillContext) -> None:
                  ready.sent > 0 and not ready.errors
                  and max(ready.latencies_s, default=0.0) <= READY_WITHIN_S,
                  f"{ready.sent} asked, slowest {slowest} ms, errors {dict(ready.errors) or 0}")
-    report.check("/ready said 200 'degraded'", ready.sent > 0 and said["200 degraded"] == ready.sent,
+    report.check("/ready said 200 'degraded'",
+                 ready.sent > 0 and said["200 degraded"] == ready.sent,
                  ", ".join(f"{what} x{n}" for what, n in said.items()) or "no answer")
     report.check("every /predict answered 200", predict.not_ok() == 0,
                  f"{predict.not_ok()} of {predict.sent} not 200")

@@ -4,6 +4,7 @@ RabbitMQ node (its own name, ports, data, logs and Erlang cookie), ``lab2prod se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -159,8 +160,7 @@ class PrivateRabbit:
 
     def stop(self) -> None:
         if self.server.process is not None and self.server.process.poll() is None:
-            try:
+            # the process group is killed below either way
+            with contextlib.suppress(ServiceError, subprocess.TimeoutExpired):
                 self.rabbitmqctl("stop", timeout_s=30)
-            except (ServiceError, subprocess.TimeoutExpired):
-                pass  # the process group is killed below either way
         self.server.stop()
