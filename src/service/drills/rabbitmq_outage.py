@@ -10,10 +10,12 @@ import time
 import httpx
 
 from service.drills.load import JSON_HEADERS, at, client, in_thread, paced, predict_bodies, timed
+from service.drills.report import Tally
 from service.drills.runner import Drill, DrillContext
 
 QUEUE = "lab2prod.drill"
 RESULT_WAIT_S = 90.0  # after the load: how long accepted jobs may take to complete
+RECONNECT_WAIT_S = 30.0  # after the broker came back: how long the API may take to accept again
 
 
 async def run(context: DrillContext) -> None:
@@ -31,37 +33,50 @@ async def run(context: DrillContext) -> None:
     down_at = max(0.0, (context.duration_s - outage) / 2)
     bodies = predict_bodies(count)
     classify = report.tally("classify")
+    probes = report.tally("classify (once the broker is back)")
     accepted: dict[str, float] = {}  # inference id -> when accepted
     refused_without_retry_after = 0
     restarted_at = float("inf")
 
-    async def submit(http: httpx.AsyncClient, index: int) -> None:
+    async def submit(http: httpx.AsyncClient, index: int, tally: Tally = classify) -> bool:
+        """One job; whether it was accepted."""
         nonlocal refused_without_retry_after
-        response = await timed(classify, http.post("/classify", content=bodies[index],
-                                                   headers=JSON_HEADERS))
+        response = await timed(tally, http.post("/classify", content=bodies[index % count],
+                                                headers=JSON_HEADERS))
         if response is not None and response.status_code == 202:
             accepted[response.json()["inference_id"]] = time.monotonic()
-        elif response is not None and response.status_code == 503:
+            return True
+        if response is not None and response.status_code == 503:
             refused_without_retry_after += "retry-after" not in response.headers
+        return False
 
-    async def stop_broker() -> None:
-        report.event(f"stopping the broker (rabbitmqctl stop_app) for {outage:.1f} s")
+    async def outage_then_probe(http: httpx.AsyncClient) -> None:
+        """Stop the broker, keep it down for ``outage`` s, start it; then submit one job every
+        0.5 s until one is accepted: the API has reconnected (its result: the worker has)."""
+        nonlocal restarted_at
+        report.event(f"stopping the broker (rabbitmqctl stop_app), down for {outage:g} s")
         await in_thread(rabbit.stop_app)
         report.event("broker stopped")
-
-    async def start_broker() -> None:
-        nonlocal restarted_at
+        await asyncio.sleep(outage)
         report.event("starting the broker (rabbitmqctl start_app)")
         await in_thread(rabbit.start_app)
         restarted_at = time.monotonic()
         report.event("broker started again")
+        deadline = restarted_at + RECONNECT_WAIT_S
+        index = 0
+        while time.monotonic() < deadline:
+            index += 1
+            if await submit(http, index, probes):
+                report.event(f"a job accepted again, {time.monotonic() - restarted_at:.1f} s "
+                             "after the broker came back")
+                return
+            await asyncio.sleep(0.5)
 
     async with client(server.spec.url) as http:
         report.event(f"load started: {count} POST /classify at {context.rate:g}/s")
         start = time.monotonic()
         await asyncio.gather(paced(context.rate, count, lambda i: submit(http, i)),
-                             at(down_at, start, stop_broker),
-                             at(down_at + outage, start, start_broker))
+                             at(down_at, start, lambda: outage_then_probe(http)))
         report.event(f"load finished; fetching the {len(accepted)} accepted jobs' results")
         outcomes = await _results(http, list(accepted))
         report.event("results fetched")
@@ -76,12 +91,14 @@ async def run(context: DrillContext) -> None:
         "refused without Retry-After": refused_without_retry_after,
         "API's broker check at the end": broker_check,
     })
-    others = classify.sent - classify.count(202, 503)
+    sent = classify.sent + probes.sent
+    refused = classify.count(503) + probes.count(503)
+    others = sent - len(accepted) - refused
     report.check("every job accepted (202) or refused (503)", others == 0,
-                 f"{classify.count(202)} accepted, {classify.count(503)} refused, "
-                 f"{others} other ({dict(classify.errors)})")
+                 f"{len(accepted)} accepted, {refused} refused, {others} other "
+                 f"({dict(classify.errors + probes.errors) or 'no errors'})")
     report.check("every refusal carries Retry-After", refused_without_retry_after == 0,
-                 f"{refused_without_retry_after} of {classify.count(503)} without")
+                 f"{refused_without_retry_after} of {refused} without")
     report.check("0 accepted jobs lost", not lost and done == len(accepted),
                  f"{done} of {len(accepted)} completed, {len(lost)} lost")
     report.check("the API reconnected on its own", after_restart > 0 and broker_check == "ok",

@@ -25,7 +25,8 @@ async def run(context: DrillContext) -> None:
     count = round(context.duration_s * context.rate)
     bodies = predict_bodies(count)
     frozen_for = context.outage_s(context.duration_s / 3)
-    predict, ready = report.tally("predict"), report.tally("ready (Redis frozen)")
+    ready = report.tally("ready (Redis frozen)")
+    phase = "before"  # each /predict is counted in the phase it started in
     said: Counter[str] = Counter()
     thawed = asyncio.Event()
 
@@ -38,12 +39,16 @@ async def run(context: DrillContext) -> None:
             await asyncio.sleep(max(0.0, asked + READY_EVERY_S - time.monotonic()))
 
     async def freeze(http: httpx.AsyncClient) -> None:
+        nonlocal phase
         redis.signal(signal.SIGSTOP)
+        phase = "Redis frozen"
         report.event(f"redis-server frozen (SIGSTOP) for {frozen_for:.1f} s")
         await asyncio.gather(ask_ready(http), at(frozen_for, time.monotonic(), thaw))
 
     async def thaw() -> None:
+        nonlocal phase
         redis.signal(signal.SIGCONT)
+        phase = "after"
         thawed.set()
         report.event("redis-server thawed (SIGCONT)")
 
@@ -53,11 +58,13 @@ async def run(context: DrillContext) -> None:
         start = time.monotonic()
         await asyncio.gather(
             paced(context.rate, count, lambda i: timed(
-                predict, http.post("/predict", content=bodies[i], headers=JSON_HEADERS))),
+                report.tally(f"predict ({phase})"),
+                http.post("/predict", content=bodies[i], headers=JSON_HEADERS))),
             at(context.duration_s / 3, start, lambda: freeze(http)),
         )
         report.event("load finished")
     slowest = ready.as_dict()["max_ms"]
+    predict = report.total("predict")
     report.figures["/ready said while frozen"] = dict(said)
     report.check(f"/ready answered within {READY_WITHIN_S:g} s",
                  ready.sent > 0 and not ready.errors

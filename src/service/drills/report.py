@@ -39,6 +39,10 @@ class Tally:
         """Requests that did not end in a 2xx."""
         return self.sent - sum(n for status, n in self.statuses.items() if 200 <= status < 300)
 
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(self.statuses + other.statuses, self.errors + other.errors,
+                     self.latencies_s + other.latencies_s)
+
     def as_dict(self) -> dict[str, Any]:
         latencies = np.array(self.latencies_s) * 1000
         return {
@@ -75,6 +79,10 @@ class DrillReport:
 
     def tally(self, kind: str) -> Tally:
         return self.tallies.setdefault(kind, Tally())
+
+    def total(self, prefix: str) -> Tally:
+        """Every tally whose kind starts with ``prefix`` (each phase of a load), added up."""
+        return sum((t for kind, t in self.tallies.items() if kind.startswith(prefix)), Tally())
 
     def event(self, what: str) -> None:
         self.timeline.append((round(time.monotonic() - self.started, 2), what))
