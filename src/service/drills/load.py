@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from service.bench.bodies import distinct_digits, json_body
-from service.drills.report import Tally
+from service.drills.report import DrillReport, Tally
 
 JSON_HEADERS = {"content-type": "application/json"}
 REPEATED = 8  # digits sent again and again: answered from the cache once seen
@@ -54,6 +54,16 @@ async def paced(rate: float, count: int, send: Callable[[int], Awaitable[object]
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(send(index)))
     await asyncio.gather(*tasks)
+
+
+async def predict_load(http: httpx.AsyncClient, report: DrillReport, rate: float, count: int,
+                       phase: Callable[[], str]) -> None:
+    """``count`` /predict (``predict_bodies``) at ``rate``, each counted in the report's tally
+    'predict (<phase>)', the phase the drill is in when the request starts."""
+    bodies = predict_bodies(count)
+    await paced(rate, count, lambda i: timed(
+        report.tally(f"predict ({phase()})"),
+        http.post("/predict", content=bodies[i], headers=JSON_HEADERS)))
 
 
 async def at(offset_s: float, start: float, action: Callable[[], Awaitable[object]]) -> None:

@@ -11,7 +11,7 @@ from collections import Counter
 
 import httpx
 
-from service.drills.load import JSON_HEADERS, at, client, paced, predict_bodies, timed
+from service.drills.load import at, client, predict_load, timed
 from service.drills.runner import Drill, DrillContext
 
 READY_WITHIN_S = 1.0
@@ -23,7 +23,6 @@ async def run(context: DrillContext) -> None:
     redis = context.redis()
     server = context.serve(context.registry(), REDIS_URL=redis.url, CACHE_SIZE="0")
     count = round(context.duration_s * context.rate)
-    bodies = predict_bodies(count)
     frozen_for = context.outage_s(context.duration_s / 3)
     ready = report.tally("ready (Redis frozen)")
     phase = "before"  # each /predict is counted in the phase it started in
@@ -57,14 +56,11 @@ async def run(context: DrillContext) -> None:
                      "Redis is the cache); /ready asked every 0.5 s while Redis is frozen")
         start = time.monotonic()
         await asyncio.gather(
-            paced(context.rate, count, lambda i: timed(
-                report.tally(f"predict ({phase})"),
-                http.post("/predict", content=bodies[i], headers=JSON_HEADERS))),
+            predict_load(http, report, context.rate, count, lambda: phase),
             at(context.duration_s / 3, start, lambda: freeze(http)),
         )
         report.event("load finished")
     slowest = ready.as_dict()["max_ms"]
-    predict = report.total("predict")
     report.figures["/ready said while frozen"] = dict(said)
     report.check(f"/ready answered within {READY_WITHIN_S:g} s",
                  ready.sent > 0 and not ready.errors
@@ -73,8 +69,7 @@ async def run(context: DrillContext) -> None:
     report.check("/ready said 200 'degraded'",
                  ready.sent > 0 and said["200 degraded"] == ready.sent,
                  ", ".join(f"{what} x{n}" for what, n in said.items()) or "no answer")
-    report.check("every /predict answered 200", predict.not_ok() == 0,
-                 f"{predict.not_ok()} of {predict.sent} not 200")
+    report.check_all_200("predict")
 
 
 DRILL = Drill(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from service.drills.load import JSON_HEADERS, at, client, paced, predict_bodies, timed
+from service.drills.load import at, client, predict_load
 from service.drills.runner import Drill, DrillContext
 
 
@@ -15,7 +15,6 @@ async def run(context: DrillContext) -> None:
     redis = context.redis()
     server = context.serve(context.registry(), REDIS_URL=redis.url, CACHE_SIZE="0")
     count = round(context.duration_s * context.rate)
-    bodies = predict_bodies(count)
     killed_for = context.outage_s(context.duration_s / 3)
     phase = "before"  # each request is counted in the phase it started in
 
@@ -37,17 +36,13 @@ async def run(context: DrillContext) -> None:
         start = time.monotonic()
         third = context.duration_s / 3
         await asyncio.gather(
-            paced(context.rate, count, lambda i: timed(
-                report.tally(f"predict ({phase})"),
-                http.post("/predict", content=bodies[i], headers=JSON_HEADERS))),
+            predict_load(http, report, context.rate, count, lambda: phase),
             at(third, start, kill), at(third + killed_for, start, restart),
         )
         report.event("load finished")
         ready = (await http.get("/ready")).json()
     report.figures["cache after restart"] = ready["cache"].get("redis")
-    predict = report.total("predict")
-    report.check("every /predict answered 200", predict.not_ok() == 0,
-                 f"{predict.not_ok()} of {predict.sent} not 200")
+    report.check_all_200("predict")
 
 
 DRILL = Drill(

@@ -90,6 +90,11 @@ class DrillReport:
     def check(self, name: str, passed: bool, seen: str) -> None:
         self.checks.append(Check(name, bool(passed), seen))
 
+    def check_all_200(self, prefix: str = "predict") -> None:
+        total = self.total(prefix)
+        self.check(f"every {prefix} answered 200", total.sent > 0 and total.not_ok() == 0,
+                   f"{total.not_ok()} of {total.sent} not 200")
+
     @property
     def passed(self) -> bool:
         return self.error is None and bool(self.checks) and all(c.passed for c in self.checks)

@@ -104,8 +104,7 @@ async def run(context: DrillContext) -> None:
                  took is not None and took <= SERVED_WITHIN_S and same_process,
                  f"{broken} first answered {took if took is None else round(took, 2)} s after "
                  f"the alias came back; same server process: {same_process}")
-    report.check("every /predict answered 200", predict.not_ok() == 0,
-                 f"{predict.not_ok()} of {predict.sent} not 200")
+    report.check_all_200("predict")
 
 
 async def _until(http: httpx.AsyncClient, condition: Any) -> dict[str, Any]:
