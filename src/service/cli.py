@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     "serve": "service.commands.serve",
     "worker": "service.commands.worker",
     "bench": "service.commands.bench",
+    "drill": "service.commands.drill",
 }
 
 

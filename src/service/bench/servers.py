@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -37,6 +38,8 @@ class ServerSpec:
     env: dict[str, str] = field(default_factory=dict)
     ready_log_line: str | None = None  # instead of HTTP: wait for this many times in the log
     ready_log_count: int = 1
+    clear_env: tuple[str, ...] = ()  # the caller's variables the server must not inherit
+    max_open_files: int | None = None  # RLIMIT_NOFILE of the server (like `ulimit -n`)
 
     @property
     def url(self) -> str:
@@ -113,23 +116,31 @@ def memory(pids: list[int]) -> dict[str, int]:
 
 
 class Server:
-    """One server process (tree) pinned to ``cpu``; a context manager that always stops it."""
+    """One server process (tree) pinned to ``cpu`` (None: not pinned); a context manager that
+    always stops it."""
 
-    def __init__(self, spec: ServerSpec, cpu: int, log_dir: Path) -> None:
+    def __init__(self, spec: ServerSpec, cpu: int | None, log_dir: Path) -> None:
         self.spec, self.cpu = spec, cpu
         self.log_path = log_dir / f"{spec.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Server:
-        env = {**os.environ, **self.spec.env, "PYTHONUNBUFFERED": "1"}
+        env = {key: value for key, value in os.environ.items() if key not in self.spec.clear_env}
+        env.update(self.spec.env, PYTHONUNBUFFERED="1")
+        pinning = [] if self.cpu is None else ["taskset", "-c", str(self.cpu)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                ["taskset", "-c", str(self.cpu), *self.spec.command],
+                [*pinning, *self.spec.command],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True,  # its own process group: stopped as one, Ctrl-C or not
+                preexec_fn=self._limit if self.spec.max_open_files else None,
             )
         return self
+
+    def _limit(self) -> None:  # in the child, before exec
+        limit = self.spec.max_open_files
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
         deadline = time.monotonic() + timeout_s
