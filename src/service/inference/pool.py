@@ -428,7 +428,9 @@ class ModelPool:
                 self.alias_failures[alias] = f"alias {alias!r} is not in the registry"
                 log.warning("alias %s is not in the registry; still serving %s", alias, current)
             return
-        if target == current:
+        if target == current:  # e.g. moved back from a version that could not be served
+            if self.alias_failures.pop(alias, None) is not None:
+                log.info("alias %s is back on %s, which is served", alias, target)
             return
         try:
             served = await self.load(target)

@@ -82,11 +82,14 @@ async def test_a_broken_new_version_is_refused_and_the_old_one_keeps_serving(
         answer = await client.post("/predict", json={"pixels": [1] * 784})
         ready = await client.get("/ready")
         open_registry(registry_dir, "mnist-cnn").rollback()  # production back to v1: nothing to do
+        await asyncio.sleep(0.3)
+        back = await client.get("/ready")  # ... but the failure is history: ready again
         publish(registry_dir, checkpoints["v2"])  # v3, a good one
         await wait_for_version(client, "v3")
     assert answer.status_code == 200 and answer.json()["model_version"] == "v1"
     assert ready.status_code == 200 and ready.json()["status"] == "degraded"
     assert "production -> v2" in ready.json()["model"]["alias_failures"]["production"]
+    assert back.json()["status"] == "ready" and back.json()["model"]["alias_failures"] == {}
     refusals = [r for r in caplog.records if "cannot be served" in r.getMessage()]
     assert len(refusals) == 1, "a broken version is tried once, not on every poll"
 
