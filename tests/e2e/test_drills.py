@@ -1,9 +1,7 @@
 """`lab2prod drill`: each failure drill run through the CLI in a short form (real processes,
 a private redis-server and RabbitMQ node), reporting figures that add up, and a verdict.
 
-Each drill runs once per module; one test reads what it reported, another its verdict. The
-drills whose fixes are on other branches (the /ready timeout, connection bounds, the SIGTERM
-drain) carry strict xfail marks: remove each once its branch is merged."""
+Each drill runs once per module; one test reads what it reported, another its verdict."""
 
 from __future__ import annotations
 
@@ -27,10 +25,6 @@ SHORT = {
     "big-header": [],
     "sigterm-drain": ["--duration", "4", "--rate", "20"],
 }
-ON_DRAIN = pytest.mark.xfail(strict=True, reason="fixed on branch drain (READY_CHECK_TIMEOUT_S, "
-                             "DRAIN_GRACE_S); remove this mark once it is merged")
-ON_PROTOCOL = pytest.mark.xfail(strict=True, reason="fixed on branch protocol (HEADER_TIMEOUT_S, "
-                                "MAX_HEADER_BYTES, MAX_CONNECTIONS); remove once it is merged")
 Reports = Callable[[str], dict[str, Any]]
 
 
@@ -128,7 +122,6 @@ def test_redis_freeze_reports_ready_while_frozen(drill: Reports) -> None:
     assert report["requests"]["ready (Redis frozen)"]["sent"] >= 1
 
 
-@ON_DRAIN
 def test_redis_freeze_ready_answers_fast_and_degraded(drill: Reports) -> None:
     assert_passed(drill("redis-freeze"))
 
@@ -152,7 +145,6 @@ def test_slow_headers_reports_both_clients(drill: Reports) -> None:
     assert {"predict (normal client)", "stalled connections"} <= set(report["requests"])
 
 
-@ON_PROTOCOL
 def test_slow_headers_normal_client_is_served_and_stalled_ones_get_408(drill: Reports) -> None:
     assert_passed(drill("slow-headers"))
 
@@ -164,7 +156,6 @@ def test_big_header_reports_memory(drill: Reports) -> None:
     assert 0 < before <= peak and after > 0
 
 
-@ON_PROTOCOL
 def test_big_header_is_refused_with_431_without_growing_memory(drill: Reports) -> None:
     assert_passed(drill("big-header"))
 
@@ -176,6 +167,5 @@ def test_sigterm_drain_reports_what_ready_said(drill: Reports) -> None:
     assert any("SIGTERM" in event["event"] for event in report["timeline"])
 
 
-@ON_DRAIN
 def test_sigterm_drain_resets_nothing_and_exits_0(drill: Reports) -> None:
     assert_passed(drill("sigterm-drain"))

@@ -10,13 +10,17 @@
 - **Connections.** At most MAX_CONNECTIONS open per process (0: three quarters of the open-file
   limit, the rest kept for model files, Redis, the broker and the registry). A connection over
   the cap makes room by closing, in this order: one already answered and lingering (below); the
-  longest-waiting one that has not finished its headers (``408``); the longest-idle keep-alive
-  one (quietly, as its keep-alive timeout would). When every slot holds a request in progress
-  the newcomer is answered ``503`` with ``Retry-After``.
+  longest-waiting one that has not finished its headers (``408``; one that has sent nothing yet
+  only once it has had EVICTABLE_AFTER_S to); the longest-idle keep-alive one (quietly, as its
+  keep-alive timeout would). Otherwise the newcomer is answered ``503`` with ``Retry-After``.
+  The grace keeps a flood of reconnecting stalled clients from evicting a normal client's
+  connection in the moment between its accept and its request (the slow-headers drill).
 
 A refused connection lingers up to LINGER_S, its input read and dropped, so that the client reads
 the answer rather than a reset; it keeps its slot (its file descriptor is still open) but is the
-first to go when room is needed.
+first to go when room is needed. Whenever the server closes a connection itself, it first drops
+the input the kernel already holds, so the close is a FIN after the answer, not a reset that
+would destroy the answer before the client reads it.
 
 uvicorn's own ``limit_concurrency`` is not used: it counts the same connections but answers only
 after reading a request's headers (a slow client still holds its slot meanwhile), never makes
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -52,6 +57,7 @@ MIN_CONNECTIONS = 64
 # a client still writing its request would see "connection reset" instead of the answer.
 LINGER_S = 2.0
 RETRY_AFTER_S = 1
+EVICTABLE_AFTER_S = 1.0  # at most; a quarter of HEADER_TIMEOUT_S when that is shorter
 
 _REFUSALS = {  # reason -> status; each counter child exists (at 0) from the start
     "header_timeout": 408, "evicted": 408, "header_too_large": 431, "over_capacity": 503,
@@ -112,6 +118,7 @@ class ConnectionGuard:
         self.idle: dict[GuardedHttpToolsProtocol, None] = {}  # in the order they went idle
         self.lingering: dict[GuardedHttpToolsProtocol, None] = {}
         self.closing = 0  # closed by us, still in uvicorn's connection set until released
+        self.evictable_after_s = min(EVICTABLE_AFTER_S, limits.header_timeout_s / 4)
         self._timer: asyncio.TimerHandle | None = None
 
     def over_capacity(self, connections: int) -> bool:
@@ -134,13 +141,24 @@ class ConnectionGuard:
         if self.lingering:
             next(iter(self.lingering)).close_now()
             return True
-        if self.waiting:
-            next(iter(self.waiting)).refuse("evicted", linger=False)  # its slot is needed now
+        victim = self._oldest_evictable()
+        if victim is not None:
+            victim.refuse("evicted", linger=False)  # its slot is needed now
             return True
         if self.idle:
             next(iter(self.idle)).close_now()
             return True
         return False
+
+    def _oldest_evictable(self) -> GuardedHttpToolsProtocol | None:
+        """The longest-waiting connection that has sent part of its headers, or nothing yet for
+        EVICTABLE_AFTER_S: one just accepted whose request is still in the kernel's buffer is
+        not taken for a stalled one."""
+        fresh_since = self.loop.time() - self.evictable_after_s
+        for protocol, since in self.waiting.items():
+            if protocol._header_bytes or since <= fresh_since:
+                return protocol
+        return None
 
     def _arm(self) -> None:
         oldest = next(iter(self.waiting.values()), None)
@@ -161,6 +179,21 @@ class ConnectionGuard:
 
 
 _guards: WeakKeyDictionary[ServerState, ConnectionGuard] = WeakKeyDictionary()
+
+
+def _drop_pending_input(transport: asyncio.Transport, limit: int = 1 << 20) -> None:
+    """Read and drop what the kernel holds for this socket (non-blocking, bounded): closing a
+    socket with unread input sends a reset, which makes the client's kernel drop the answer we
+    just wrote before the client reads it."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        fd = sock.fileno()
+        while limit > 0 and (chunk := os.read(fd, 65536)):  # the fd is non-blocking
+            limit -= len(chunk)
+    except OSError:  # BlockingIOError: nothing more to read; or already closed
+        pass
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -268,6 +301,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._guard.forget(self)
         self._guard.closing += 1
         self._phase = CLOSING
+        _drop_pending_input(self.transport)
         self.transport.close()
 
     def _refusal(self, status: int, explanation: str) -> bytes:
