@@ -9,18 +9,21 @@
   so an endless header would otherwise grow memory without bound).
 - **Connections.** At most MAX_CONNECTIONS open per process (0: three quarters of the open-file
   limit, the rest kept for model files, Redis, the broker and the registry). A connection over
-  the cap makes room by closing, in this order: one already answered and lingering (below); the
-  longest-waiting one that has not finished its headers (``408``; one that has sent nothing yet
-  only once it has had EVICTABLE_AFTER_S to); the longest-idle keep-alive one (quietly, as its
-  keep-alive timeout would). Otherwise the newcomer is answered ``503`` with ``Retry-After``.
+  the cap makes room by closing, in this order: the longest-waiting one that has not finished
+  its headers (``408``; one that has sent nothing yet only once it has had EVICTABLE_AFTER_S
+  to); one already answered and lingering (below); the longest-idle keep-alive one (quietly, as
+  its keep-alive timeout would). Otherwise the newcomer is answered ``503`` with ``Retry-After``.
   The grace keeps a flood of reconnecting stalled clients from evicting a normal client's
   connection in the moment between its accept and its request (the slow-headers drill).
 
 A refused connection lingers up to LINGER_S, its input read and dropped, so that the client reads
-the answer rather than a reset; it keeps its slot (its file descriptor is still open) but is the
-first to go when room is needed. Whenever the server closes a connection itself, it first drops
-the input the kernel already holds, so the close is a FIN after the answer, not a reset that
-would destroy the answer before the client reads it.
+the answer rather than a reset; it keeps its slot (its file descriptor is still open) and goes
+when room is needed and no stalled connection can: a client refused while still sending its
+request (a normal client refused at the very start of a flood) would otherwise be closed by the
+next newcomer mid-request, and its kernel would drop the answer on the reset. Whenever the
+server closes a connection itself, it first drops the input the kernel already holds, so the
+close is a FIN after the answer, not a reset that would destroy the answer before the client
+reads it.
 
 uvicorn's own ``limit_concurrency`` is not used: it counts the same connections but answers only
 after reading a request's headers (a slow client still holds its slot meanwhile), never makes
@@ -138,12 +141,12 @@ class ConnectionGuard:
     def make_room(self) -> bool:
         """Close one connection (see the module's docstring for which); False when every
         connection is busy with a request."""
-        if self.lingering:
-            next(iter(self.lingering)).close_now()
-            return True
         victim = self._oldest_evictable()
         if victim is not None:
             victim.refuse("evicted", linger=False)  # its slot is needed now
+            return True
+        if self.lingering:  # answered already, but maybe still sending: after the stalled ones
+            next(iter(self.lingering)).close_now()
             return True
         if self.idle:
             next(iter(self.idle)).close_now()
