@@ -53,10 +53,10 @@ def assert_reported(report: dict[str, Any], name: str) -> None:
     """It ran (no error), counted what it sent, said what it did, and judged every check."""
     assert report["drill"] == name
     assert report["error"] is None, report["error"]
-    assert report["requests"], "no requests counted"
-    for kind, tally in report["requests"].items():
+    assert any(tally["sent"] > 0 for tally in report["requests"].values()), "nothing sent"
+    for kind, tally in report["requests"].items():  # some count only what may happen (0 here)
         answered = sum(tally["statuses"].values())
-        assert tally["sent"] == answered + sum(tally["errors"].values()) > 0, kind
+        assert tally["sent"] == answered + sum(tally["errors"].values()), kind
         if answered:
             assert 0 <= tally["p50_ms"] <= tally["p99_ms"] <= tally["max_ms"], kind
     assert len(report["timeline"]) >= 2
