@@ -124,7 +124,8 @@ def test_a_release_whose_preferred_runtime_misses_publishes_the_next_and_serving
     record = release(project, release_command, "-p", "epochs", "1")
     variants = {v["name"]: v for v in record["runtimes"]["variants"]}
     assert variants["onnx-int8"]["status"] == "misses"
-    assert "max |dp|" in variants["onnx-int8"]["reasons"][0]
+    # the policy's probability bar (int8 may miss the agreement bar too, CPU by CPU)
+    assert any("max |dp|" in reason for reason in variants["onnx-int8"]["reasons"])
     chosen = record["runtimes"]["chosen"]
     assert chosen not in ("onnx-int8", "int8")
     [runtime] = [c for c in record["gate"]["criteria"] if c["name"] == "serving_runtime"]
