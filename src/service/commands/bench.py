@@ -21,10 +21,12 @@ import logging
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from service.bench.harness import DEFAULT_TARGETS, TARGETS
+from service.bench.wrk import BenchError
 from service.settings import get_settings
 
 
@@ -114,7 +116,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_peers(args: argparse.Namespace, checkpoint: Path, settings: Any) -> int:
     from service.bench import peer_check, peers
-    from service.bench.wrk import BenchError
     from service.inference.export import ensure_artifact
     from service.ml.checkpoint import load_checkpoint
 
@@ -123,21 +124,20 @@ def _check_peers(args: argparse.Namespace, checkpoint: Path, settings: Any) -> i
                     if server.family == peers.SAME_RUNTIME]
     wanted = {TARGETS[t][0] for t in (config.targets if args.targets else TARGETS)}
     servers = [name for name in same_runtime if name in wanted]
-    try:
+
+    def check() -> tuple[Path, list[peer_check.CheckResult]]:
         config.validate()
         if not servers:
             raise BenchError("--targets holds no same-runtime target; choose from "
                              + ", ".join(t for t in peers.TARGETS
                                          if peers.family(t) == peers.SAME_RUNTIME))
         onnx = ensure_artifact(load_checkpoint(checkpoint), peers.SAME_RUNTIME_VARIANT)
-        signal.signal(signal.SIGTERM, _interrupt)
-        results = peer_check.check(config, servers, onnx)
-    except BenchError as exc:
-        print(f"lab2prod bench: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("lab2prod bench: interrupted; every server it started is stopped", file=sys.stderr)
-        return 130
+        return onnx, peer_check.check(config, servers, onnx)
+
+    done, status = _stoppable(check)
+    if status is not None:
+        return status
+    onnx, results = done
     print(f"serving {onnx}\n\n{peer_check.table(results)}")
     return 0 if all(result.ok for result in results) else 1
 
@@ -160,19 +160,11 @@ def _serving(args: argparse.Namespace, checkpoint: Path, source: str, settings: 
     from service.bench import report
     from service.bench.harness import run_benchmark
     from service.bench.limits import limit_line
-    from service.bench.wrk import BenchError
 
     config = _config(args, checkpoint, source, settings)
-    # SIGTERM stops the run like Ctrl-C does: every server started is stopped on the way out.
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        data = run_benchmark(config)
-    except BenchError as exc:
-        print(f"lab2prod bench: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("lab2prod bench: interrupted; every server it started is stopped", file=sys.stderr)
-        return 130
+    data, status = _stoppable(lambda: run_benchmark(config))
+    if status is not None:
+        return status
     paths = report.write(data, args.out, None if args.no_readme else args.readme)
     print(report.targets_table(data))
     if data.get("limit"):
@@ -180,6 +172,21 @@ def _serving(args: argparse.Namespace, checkpoint: Path, source: str, settings: 
     print("\n".join(f"{c}: {r}" for c, r in data["ratios"].items()))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def _stoppable(work: Callable[[], Any]) -> tuple[Any, int | None]:
+    """(work's result, None), or (None, the exit status) once it failed or was interrupted, the
+    reason printed. SIGTERM stops it as Ctrl-C does: every server started is stopped on the
+    way out."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return work(), None
+    except BenchError as exc:
+        print(f"lab2prod bench: {exc}", file=sys.stderr)
+        return None, 1
+    except KeyboardInterrupt:
+        print("lab2prod bench: interrupted; every server it started is stopped", file=sys.stderr)
+        return None, 130
 
 
 def _interrupt(signum: int, frame: object) -> None:
