@@ -101,7 +101,7 @@ def runtime_alone(registry: Path, model_name: str, alias: str, digits: np.ndarra
     import torch
 
     from service.inference.loader import load_runtime
-    from service.ml.preprocess import normalize
+    from service.ml.preprocess import normalize_array
     from service.registry import open_registry
 
     opened = open_registry(registry, model_name)
@@ -113,7 +113,7 @@ def runtime_alone(registry: Path, model_name: str, alias: str, digits: np.ndarra
                               version=alias, selection=opened.card(alias).get("runtimes"),
                               read_only=True)
         runtime = loaded.runtime
-        batches = [normalize(digits[start:start + RUNTIME_BATCH], loaded.normalization)
+        batches = [normalize_array(digits[start:start + RUNTIME_BATCH], loaded.normalization)
                    for start in range(0, len(digits) - RUNTIME_BATCH + 1, RUNTIME_BATCH)]
         if not batches:
             raise ValueError(f"need at least {RUNTIME_BATCH} digits, got {len(digits)}")

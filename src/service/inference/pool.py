@@ -33,7 +33,7 @@ from service.inference.batcher import MicroBatcher
 from service.inference.loader import load_runtime
 from service.inference.runtime import LoadedModel, RuntimeUnavailable
 from service.ml.checkpoint import CheckpointError
-from service.ml.preprocess import IMAGE_SIDE, normalize
+from service.ml.preprocess import IMAGE_SIDE, normalize_array
 from service.monitoring import metrics
 from service.monitoring.monitor import DriftMonitor, VersionDrift
 from service.monitoring.reference import DriftReference
@@ -121,7 +121,7 @@ class ServedVersion:
         return list(rows)
 
     def _run(self, digits: np.ndarray) -> np.ndarray:
-        batch = normalize(digits, self.normalization)
+        batch = normalize_array(digits, self.normalization)
         try:
             probabilities = self.model.runtime.predict_proba(batch)
         except torch.cuda.OutOfMemoryError as exc:

@@ -1,7 +1,7 @@
 """Runtimes: one interface over the ways of running the model (eager, exported, quantized).
 
-Every runtime takes a normalised float batch [N,1,28,28] and returns class probabilities
-[N,C] as a numpy array. Variants register themselves by name (``@register_runtime("onnx")``);
+Every runtime takes a normalised float batch [N,1,28,28] (a numpy array, as serving passes it,
+or a tensor) and returns class probabilities [N,C] as a numpy array. Variants register themselves by name (``@register_runtime("onnx")``);
 ``build_runtime`` builds one by name. Which variant serves a given model is not decided here:
 the release measures every selectable variant for that model (``inference.selection``) and
 serving verifies the choice on its own machine before using it (``inference.loader``).
@@ -42,7 +42,7 @@ class Runtime(Protocol):
     name: str
     device: torch.device
 
-    def predict_proba(self, batch: torch.Tensor) -> np.ndarray: ...
+    def predict_proba(self, batch: np.ndarray | torch.Tensor) -> np.ndarray: ...
 
 
 @dataclass
@@ -53,9 +53,9 @@ class EagerRuntime:
     device: torch.device
     name: str = "eager"
 
-    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
+    def predict_proba(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            log_probs = self.model(batch.to(self.device, non_blocking=True))
+            log_probs = self.model(torch.as_tensor(batch).to(self.device, non_blocking=True))
             return log_probs.exp_().float().cpu().numpy()
 
 
@@ -67,9 +67,9 @@ class ChannelsLastRuntime:
     device: torch.device
     name: str = "channels-last"
 
-    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
+    def predict_proba(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            inputs = batch.to(self.device, non_blocking=True).contiguous(
+            inputs = torch.as_tensor(batch).to(self.device, non_blocking=True).contiguous(
                 memory_format=torch.channels_last
             )
             return self.model(inputs).exp_().float().cpu().numpy()
@@ -85,7 +85,7 @@ class OnnxRuntime:
     artifact: Path | None = None
     input_name: str = "digits"
 
-    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
+    def predict_proba(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
         array = batch.detach().to("cpu").numpy() if isinstance(batch, torch.Tensor) else batch
         if array.dtype != np.float32 or not array.flags.c_contiguous:
             array = np.ascontiguousarray(array, dtype=np.float32)
