@@ -103,16 +103,19 @@ def assert_nothing_lost(registry: ModelRegistry, checkpoints: list[Path],
 
 def publish_release(
     registry_dir: Path, checkpoint: Path, images: np.ndarray, labels: np.ndarray, *,
-    aliases: tuple[str, ...] = (PRODUCTION,), **card: Any
+    aliases: tuple[str, ...] = (PRODUCTION,), variants: tuple[str, ...] = ("eager",),
+    criteria: RuntimeCriteria | None = None, **card: Any
 ) -> str:
     """Like ``publish``, with what a release publishes beside the checkpoint, recorded by the
     release's own ``prepare_runtimes`` on ``images`` (the evaluation digits) and ``labels``: the
-    runtime table (eager only, to be quick), the verification set and the drift reference."""
+    runtime table over ``variants`` (eager only unless told, to be quick) and their exported
+    files, the verification set and the drift reference."""
     registry_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="release-", dir=registry_dir.parent))
     staged = Path(shutil.copy(checkpoint, staging / CHECKPOINT_FILE))
-    prepared = prepare_runtimes(staging, staged, images, labels, criteria=RuntimeCriteria(),
-                                device="cpu", variants=["eager"])
+    prepared = prepare_runtimes(staging, staged, images, labels,
+                                criteria=criteria or RuntimeCriteria(), device="cpu",
+                                variants=list(variants))
     registry = open_registry(registry_dir, "mnist-cnn")
     return registry.publish(
         staged, {"source": "tests", "runtimes": prepared["runtimes"], **card}, aliases=aliases,

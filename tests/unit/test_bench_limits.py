@@ -112,4 +112,5 @@ def test_the_share_and_the_tail_are_targets_in_the_report_and_the_readme(tmp_pat
     paths = report.write(data, tmp_path / "out", readme)
     for text in (readme.read_text(), paths["md"].read_text()):
         assert "ours 1,800 req/s = **0.75** of the 2,400 limit (floor 6,000 req/s" in text
-        assert "| floor | limit | — | 6,000, 20.0/30 |" in text or "| floor | limit | 64 | 6,000" in text
+        assert ("| floor | limit | — | 6,000, 20.0/30 |" in text
+                or "| floor | limit | 64 | 6,000" in text)

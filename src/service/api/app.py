@@ -1,6 +1,6 @@
 """``create_app(settings)``: the FastAPI service, its lifespan and its middleware.
 
-Start-up (lifespan): set torch threads, open the cache, build the router from the traffic
+Start-up (lifespan): set the model's threads, open the cache, build the router from the traffic
 settings, load the versions the service follows into the model pool (MODEL_ALIAS, and the
 canary and shadow aliases; each verified, warmed and given its micro-batcher), start the alias
 watcher and the drift monitor, enter the optional route modules' lifespans, then report ready.
@@ -23,7 +23,6 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import torch
 from fastapi import FastAPI
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
@@ -40,6 +39,7 @@ from service.api.shadow import Shadow
 from service.inference.cache import PredictionCache
 from service.inference.pool import ModelPool
 from service.inference.router import Router, TrafficPolicy
+from service.ml.threads import set_compute_threads
 from service.monitoring import metrics
 from service.observability import RequestContextMiddleware, configure_logging
 from service.settings import Settings, get_settings
@@ -206,7 +206,7 @@ def _accepts_gzip(scope: Scope) -> bool:
 
 
 async def _start(app: FastAPI, settings: Settings, stack: contextlib.AsyncExitStack) -> None:
-    torch.set_num_threads(settings.torch_threads)
+    set_compute_threads(settings.torch_threads)
     cache: PredictionCache = app.state.cache
     stack.push_async_callback(cache.close)
     pool: ModelPool = app.state.pool or ModelPool(settings)

@@ -22,13 +22,15 @@ import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from service.ml.checkpoint import LoadedCheckpoint
-from service.ml.preprocess import normalize
+from service.ml.preprocess import normalize_array
+
+if TYPE_CHECKING:  # finding an artefact needs no torch; exporting one imports it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +40,6 @@ ONNX_OPSET = 17
 CALIBRATION_DIGITS = 256
 CALIBRATION_SEED = 0
 ARTIFACT_CACHE = Path(tempfile.gettempdir()) / "lab2prod-artifacts"
-
-
-class _Probabilities(torch.nn.Module):
-    """The CNN ends in log-softmax; exported graphs end in probabilities (one op fewer to serve)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, digits: torch.Tensor) -> torch.Tensor:
-        return torch.exp(self.model(digits))
 
 
 def artifact_path(checkpoint: LoadedCheckpoint, variant: str) -> Path:
@@ -92,7 +83,7 @@ def ensure_artifact(checkpoint: LoadedCheckpoint, variant: str) -> Path:
                     f"({type(exc).__name__}: {exc}); set DATA_DIR to the training data, or use "
                     "RUNTIME=onnx"
                 ) from exc
-            quantize_onnx(checkpoint, temporary, normalize(digits, checkpoint.normalization))
+            quantize_onnx(checkpoint, temporary, normalize_array(digits, checkpoint.normalization))
         os.replace(temporary, path)
     except ImportError as exc:
         raise RuntimeUnavailable(
@@ -107,9 +98,10 @@ def ensure_artifact(checkpoint: LoadedCheckpoint, variant: str) -> Path:
 def export_onnx(checkpoint: LoadedCheckpoint, path: str | Path) -> Path:
     """The fp32 graph: normalised digits [N,1,28,28] -> probabilities [N,C], any batch size."""
     import onnx  # the legacy exporter writes protobuf itself; onnx is needed to stamp metadata
+    import torch
 
     path = Path(path)
-    wrapped = _Probabilities(copy.deepcopy(checkpoint.model)).to("cpu").eval()
+    wrapped = _with_probabilities(copy.deepcopy(checkpoint.model)).to("cpu").eval()
     example = torch.zeros(1, 1, 28, 28)
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript-based exporter is deprecated in favour of the dynamo one, which needs
@@ -126,8 +118,23 @@ def export_onnx(checkpoint: LoadedCheckpoint, path: str | Path) -> Path:
     return path
 
 
+def _with_probabilities(model: torch.nn.Module) -> torch.nn.Module:
+    """The CNN ends in log-softmax; exported graphs end in probabilities (one op fewer to serve)."""
+    import torch
+
+    class Probabilities(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, digits: torch.Tensor) -> torch.Tensor:
+            return torch.exp(self.model(digits))
+
+    return Probabilities()
+
+
 def quantize_onnx(
-    checkpoint: LoadedCheckpoint, path: str | Path, calibration: torch.Tensor
+    checkpoint: LoadedCheckpoint, path: str | Path, calibration: np.ndarray
 ) -> Path:
     """Static int8 (QDQ: uint8 activations, int8 per-channel weights), ranges from calibration."""
     import onnx
@@ -141,7 +148,7 @@ def quantize_onnx(
 
     path = Path(path)
     batches = [
-        {INPUT_NAME: calibration[start:start + 32].numpy()}
+        {INPUT_NAME: np.ascontiguousarray(calibration[start:start + 32], dtype=np.float32)}
         for start in range(0, len(calibration), 32)
     ]
 

@@ -19,8 +19,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from service.inference.runtime import (
     LoadedModel,
     RuntimeUnavailable,
@@ -28,8 +26,8 @@ from service.inference.runtime import (
     build_runtime,
 )
 from service.inference.verification import VERIFICATION_FILE, VerificationSet, verify
-from service.ml.checkpoint import LoadedCheckpoint, load_checkpoint
-from service.ml.device import resolve_device
+from service.ml.checkpoint import LoadedCheckpoint, open_checkpoint
+from service.ml.device import Device, device_name
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +52,8 @@ def load_runtime(
     ``read_only``: the folder is a published version; nothing is written into it.
     """
     path = Path(path)
-    target = resolve_device(device)
-    checkpoint = load_checkpoint(path, device=target, read_only=read_only)
+    target = device_name(device)
+    checkpoint = open_checkpoint(path, target, read_only=read_only)  # the model when needed
     verification_set = _verification_set(path.parent, checkpoint)
     chain = runtime_chain(runtime, target, selection, verifiable=verification_set is not None)
     fallbacks: list[dict[str, str]] = []
@@ -94,14 +92,14 @@ def load_runtime(
 
 
 def runtime_chain(
-    requested: str, device: torch.device, selection: dict[str, Any] | None, *, verifiable: bool
+    requested: str, device: Device, selection: dict[str, Any] | None, *, verifiable: bool
 ) -> list[str]:
     """The variants to try in order for ``requested`` on ``device``."""
     if requested != "auto":
         return [requested]
     if not verifiable:
         return ["eager"]
-    measured_here = selection and torch.device(selection.get("device", "cpu")).type == device.type
+    measured_here = selection and Device(selection.get("device", "cpu")).type == device.type
     chain = list(selection.get("chain") or []) if measured_here else []  # type: ignore[union-attr]
     chain = chain or list(auto_preference(device))
     return chain if "eager" in chain else [*chain, "eager"]

@@ -21,19 +21,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from service.inference.batcher import MicroBatcher
 from service.inference.loader import load_runtime
 from service.inference.runtime import LoadedModel, RuntimeUnavailable
 from service.ml.checkpoint import CheckpointError
 from service.ml.preprocess import IMAGE_SIDE, normalize_array
+from service.ml.threads import set_compute_threads
 from service.monitoring import metrics
 from service.monitoring.monitor import DriftMonitor, VersionDrift
 from service.monitoring.reference import DriftReference
@@ -124,8 +125,10 @@ class ServedVersion:
         batch = normalize_array(digits, self.normalization)
         try:
             probabilities = self.model.runtime.predict_proba(batch)
-        except torch.cuda.OutOfMemoryError as exc:
-            torch.cuda.empty_cache()
+        except Exception as exc:
+            if not _out_of_gpu_memory(exc):
+                raise
+            sys.modules["torch"].cuda.empty_cache()
             raise Overloaded(f"the GPU ran out of memory for a batch of {len(digits)}") from exc
         return np.asarray(probabilities, dtype=np.float32)
 
@@ -138,7 +141,7 @@ class ServedVersion:
         """For GET /admin/models and /model-info."""
         parameters = getattr(self.model.runtime, "model", None)
         weights = sum(t.numel() * t.element_size() for t in parameters.parameters()) \
-            if isinstance(parameters, torch.nn.Module) else None
+            if callable(getattr(parameters, "parameters", None)) else None  # a torch module
         artifact = getattr(self.model.runtime, "artifact", None)
         return {
             "version": self.version,
@@ -160,6 +163,11 @@ class _Failure:
     @property
     def retry_at(self) -> float:
         return self.at + min(LOAD_RETRY_S * 2 ** (self.attempts - 1), LOAD_RETRY_MAX_S)
+
+
+def _out_of_gpu_memory(exc: Exception) -> bool:
+    torch = sys.modules.get("torch")  # without torch loaded, nothing ran on a GPU
+    return torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
 class ModelPool:
@@ -257,7 +265,7 @@ class ModelPool:
         """Before serving (no event loop needed): read the registry and load the default
         alias's version, raising VersionUnavailable/VersionNotFound with the fix; then the other
         followed aliases, whose failures are logged and reported, not raised."""
-        torch.set_num_threads(self.settings.torch_threads)  # before warm-up picks its kernels
+        set_compute_threads(self.settings.torch_threads)  # before warm-up picks its kernels
         self._follow = {self.default_alias, *aliases}
         self.read_catalog()
         try:

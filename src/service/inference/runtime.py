@@ -1,10 +1,12 @@
 """Runtimes: one interface over the ways of running the model (eager, exported, quantized).
 
 Every runtime takes a normalised float batch [N,1,28,28] (a numpy array, as serving passes it,
-or a tensor) and returns class probabilities [N,C] as a numpy array. Variants register themselves by name (``@register_runtime("onnx")``);
-``build_runtime`` builds one by name. Which variant serves a given model is not decided here:
-the release measures every selectable variant for that model (``inference.selection``) and
-serving verifies the choice on its own machine before using it (``inference.loader``).
+or a tensor) and returns class probabilities [N,C] as a numpy array. Variants register
+themselves by name (``@register_runtime("onnx")``); ``build_runtime`` builds one by name; those
+that run torch import it when built, so a process serving an ONNX graph never loads it. Which
+variant serves a given model is not decided here: the release measures every selectable variant
+for that model (``inference.selection``) and serving verifies the choice on its own machine
+before using it (``inference.loader``).
 """
 
 from __future__ import annotations
@@ -15,14 +17,20 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 
 from service.inference.verification import Verification
 from service.ml.checkpoint import LoadedCheckpoint
+from service.ml.device import Device
 from service.ml.preprocess import Normalization
+from service.ml.threads import compute_threads, torch_module
+
+if TYPE_CHECKING:  # torch is imported by the variants that run it (never by ONNX Runtime's)
+    import torch
+
+    DeviceLike = Device | torch.device
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +48,7 @@ class RuntimeUnavailable(RuntimeError):
 
 class Runtime(Protocol):
     name: str
-    device: torch.device
+    device: DeviceLike
 
     def predict_proba(self, batch: np.ndarray | torch.Tensor) -> np.ndarray: ...
 
@@ -50,10 +58,12 @@ class EagerRuntime:
     """Plain PyTorch under inference_mode."""
 
     model: torch.nn.Module
-    device: torch.device
+    device: DeviceLike
     name: str = "eager"
 
     def predict_proba(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        import torch
+
         with torch.inference_mode():
             log_probs = self.model(torch.as_tensor(batch).to(self.device, non_blocking=True))
             return log_probs.exp_().float().cpu().numpy()
@@ -64,10 +74,12 @@ class ChannelsLastRuntime:
     """Eager PyTorch with weights and inputs in NHWC, which oneDNN convolutions prefer."""
 
     model: torch.nn.Module
-    device: torch.device
+    device: DeviceLike
     name: str = "channels-last"
 
     def predict_proba(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        import torch
+
         with torch.inference_mode():
             inputs = torch.as_tensor(batch).to(self.device, non_blocking=True).contiguous(
                 memory_format=torch.channels_last
@@ -80,13 +92,13 @@ class OnnxRuntime:
     """An ONNX Runtime session over an exported graph that already ends in probabilities."""
 
     session: Any  # onnxruntime.InferenceSession
-    device: torch.device
+    device: DeviceLike
     name: str = "onnx"
     artifact: Path | None = None
     input_name: str = "digits"
 
     def predict_proba(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
-        array = batch.detach().to("cpu").numpy() if isinstance(batch, torch.Tensor) else batch
+        array = batch if isinstance(batch, np.ndarray) else batch.detach().to("cpu").numpy()
         if array.dtype != np.float32 or not array.flags.c_contiguous:
             array = np.ascontiguousarray(array, dtype=np.float32)
         return self.session.run(None, {self.input_name: array})[0]
@@ -129,7 +141,7 @@ class LoadedModel:
 
 # --- the registry of variants ---------------------------------------------------------------
 
-RuntimeBuilder = Callable[[LoadedCheckpoint, torch.device], Runtime]
+RuntimeBuilder = Callable[[LoadedCheckpoint, "DeviceLike"], Runtime]
 
 
 @dataclass(frozen=True)
@@ -161,25 +173,28 @@ def runtime_names() -> list[str]:
     return ["auto", *RUNTIMES]
 
 
-def selectable_variants(device: torch.device) -> list[str]:
+def selectable_variants(device: DeviceLike) -> list[str]:
     """The variants ``auto`` measures for ``device``: registered, selectable, able to run there."""
     return [spec.name for spec in RUNTIMES.values()
             if spec.selectable and not (spec.cpu_only and device.type != "cpu")]
 
 
 @register_runtime("eager", summary="plain PyTorch under inference_mode")
-def _build_eager(checkpoint: LoadedCheckpoint, device: torch.device) -> Runtime:
+def _build_eager(checkpoint: LoadedCheckpoint, device: DeviceLike) -> Runtime:
+    torch_module()
     return EagerRuntime(checkpoint.model, device)
 
 
 @register_runtime("channels-last", summary="eager PyTorch, NHWC weights and inputs")
-def _build_channels_last(checkpoint: LoadedCheckpoint, device: torch.device) -> Runtime:
+def _build_channels_last(checkpoint: LoadedCheckpoint, device: DeviceLike) -> Runtime:
+    torch = torch_module()
     model = copy.deepcopy(checkpoint.model).to(device, memory_format=torch.channels_last).eval()
     return ChannelsLastRuntime(model, device)
 
 
 @register_runtime("torchscript", summary="traced, frozen, optimize_for_inference")
-def _build_torchscript(checkpoint: LoadedCheckpoint, device: torch.device) -> Runtime:
+def _build_torchscript(checkpoint: LoadedCheckpoint, device: DeviceLike) -> Runtime:
+    torch = torch_module()
     example = torch.zeros(1, 1, 28, 28, device=device)
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still fastest
@@ -193,8 +208,9 @@ def _build_torchscript(checkpoint: LoadedCheckpoint, device: torch.device) -> Ru
 @register_runtime(
     "compile", summary="torch.compile (inductor), dynamic batch size", selectable=False
 )
-def _build_compile(checkpoint: LoadedCheckpoint, device: torch.device) -> Runtime:
+def _build_compile(checkpoint: LoadedCheckpoint, device: DeviceLike) -> Runtime:
     """Compiles on first call, so it is warmed here; a failure falls back to eager, logged."""
+    torch = torch_module()
     try:
         compiled = torch.compile(checkpoint.model.to(device).eval(), dynamic=True)
         runtime = EagerRuntime(compiled, device, name="compile")  # type: ignore[arg-type]
@@ -210,7 +226,8 @@ def _build_compile(checkpoint: LoadedCheckpoint, device: torch.device) -> Runtim
 
 
 @register_runtime("int8", cpu_only=True, summary="PyTorch dynamic int8 quantization (Linear)")
-def _build_int8(checkpoint: LoadedCheckpoint, device: torch.device) -> Runtime:
+def _build_int8(checkpoint: LoadedCheckpoint, device: DeviceLike) -> Runtime:
+    torch = torch_module()
     model = copy.deepcopy(checkpoint.model).to("cpu").eval()
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
         warnings.simplefilter("ignore")
@@ -221,7 +238,7 @@ def _build_int8(checkpoint: LoadedCheckpoint, device: torch.device) -> Runtime:
 
 
 @register_runtime("onnx", summary="ONNX Runtime, fp32 graph exported next to the checkpoint")
-def _build_onnx(checkpoint: LoadedCheckpoint, device: torch.device) -> Runtime:
+def _build_onnx(checkpoint: LoadedCheckpoint, device: DeviceLike) -> Runtime:
     from service.inference import export
 
     path = export.ensure_artifact(checkpoint, "onnx")
@@ -232,14 +249,14 @@ def _build_onnx(checkpoint: LoadedCheckpoint, device: torch.device) -> Runtime:
     "onnx-int8", cpu_only=True,
     summary="ONNX Runtime, static int8 (QDQ, calibrated on training digits)",
 )
-def _build_onnx_int8(checkpoint: LoadedCheckpoint, device: torch.device) -> Runtime:
+def _build_onnx_int8(checkpoint: LoadedCheckpoint, device: DeviceLike) -> Runtime:
     from service.inference import export
 
     path = export.ensure_artifact(checkpoint, "onnx-int8")
     return _onnx_session(path, device, "onnx-int8")
 
 
-def _onnx_session(path: Path, device: torch.device, name: str) -> OnnxRuntime:
+def _onnx_session(path: Path, device: DeviceLike, name: str) -> OnnxRuntime:
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -247,8 +264,8 @@ def _onnx_session(path: Path, device: torch.device, name: str) -> OnnxRuntime:
             f"runtime {name!r} needs onnxruntime: pip install onnxruntime (or RUNTIME=eager)"
         ) from exc
     options = ort.SessionOptions()
-    # One serving process per core: ONNX Runtime follows torch's thread setting (TORCH_THREADS).
-    options.intra_op_num_threads = torch.get_num_threads()
+    # One serving process per core: ONNX Runtime follows the model's threads (TORCH_THREADS).
+    options.intra_op_num_threads = compute_threads()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -269,11 +286,11 @@ def _onnx_session(path: Path, device: torch.device, name: str) -> OnnxRuntime:
 # --- choosing and building --------------------------------------------------------------------
 
 
-def auto_preference(device: torch.device) -> tuple[str, ...]:
+def auto_preference(device: DeviceLike) -> tuple[str, ...]:
     return AUTO_PREFERENCE_CUDA if device.type == "cuda" else AUTO_PREFERENCE_CPU
 
 
-def build_runtime(checkpoint: LoadedCheckpoint, name: str, device: torch.device) -> Runtime:
+def build_runtime(checkpoint: LoadedCheckpoint, name: str, device: DeviceLike) -> Runtime:
     """The named variant on ``device``; RuntimeUnavailable says why it cannot be built here."""
     try:
         spec = RUNTIMES[name]

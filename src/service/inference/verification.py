@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from service.ml.preprocess import Normalization, normalize
+from service.ml.preprocess import Normalization, normalize_array
 
 VERIFICATION_FILE = "verification.safetensors"
 VERIFICATION_FORMAT = "lab2prod-verification/1"
@@ -103,8 +102,9 @@ def compare(
     )
 
 
-def predict_all(runtime: Any, inputs: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """A runtime's probabilities over normalised inputs [N,1,28,28], in batches."""
+def predict_all(runtime: Any, inputs: Any, batch_size: int = 256) -> np.ndarray:
+    """A runtime's probabilities over normalised inputs [N,1,28,28] (numpy or torch), in
+    batches."""
     return np.concatenate([
         np.asarray(runtime.predict_proba(inputs[start:start + batch_size]), dtype=np.float32)
         for start in range(0, len(inputs), batch_size)
@@ -179,7 +179,7 @@ def verify(
 ) -> Verification:
     """Run ``runtime`` over the set's digits and judge it against eager's recorded answers."""
     started = time.perf_counter()
-    answers = predict_all(runtime, normalize(verification_set.digits, normalization))
+    answers = predict_all(runtime, normalize_array(verification_set.digits, normalization))
     agreement = compare(verification_set.probabilities, answers, verification_set.labels)
     return Verification(
         runtime=str(getattr(runtime, "name", "unknown")),

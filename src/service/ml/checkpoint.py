@@ -2,7 +2,10 @@
 
 Loading never unpickles code. A missing, corrupt, truncated or mismatched checkpoint is refused
 with a CheckpointError that says which and why. This is the one loader used by the release
-gate, the API and the worker.
+gate, the API and the worker: ``load_checkpoint`` builds the torch model at once;
+``open_checkpoint`` checks the file (metadata and weights checksum, read with numpy) and builds
+the model only when ``model`` is first used, so a server of an exported ONNX graph never
+imports torch.
 """
 
 from __future__ import annotations
@@ -10,18 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-from torch import nn
 
-from service.ml.model import ARCHITECTURES, architecture_version, build_model
 from service.ml.preprocess import Normalization
-from service.provenance import library_versions
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 FORMAT = "lab2prod-checkpoint/1"
 METADATA_KEY = "lab2prod"
@@ -31,12 +33,25 @@ class CheckpointError(ValueError):
     """The checkpoint cannot be trusted; the message says which check failed."""
 
 
-@dataclass
 class LoadedCheckpoint:
-    model: nn.Module
-    metadata: dict[str, Any]
-    path: Path
-    read_only: bool = False  # its folder must not be written to (a published registry version)
+    """A verified checkpoint: its metadata, and its torch model (built on first use)."""
+
+    def __init__(
+        self, metadata: dict[str, Any], path: Path, *, read_only: bool = False,
+        device: str | torch.device = "cpu", model: nn.Module | None = None,
+    ) -> None:
+        self.metadata = metadata
+        self.path = path
+        self.read_only = read_only  # its folder must not be written to (a published version)
+        self.device = device
+        self._model = model
+
+    @property
+    def model(self) -> nn.Module:
+        """The model in eval mode on ``device``; building it imports torch."""
+        if self._model is None:
+            self._model = load_checkpoint(self.path, self.device).model
+        return self._model
 
     @property
     def normalization(self) -> Normalization:
@@ -47,11 +62,19 @@ class LoadedCheckpoint:
         return list(self.metadata["class_names"])
 
 
-def weights_digest(state: dict[str, torch.Tensor]) -> str:
+def weights_digest(state: dict[str, torch.Tensor] | dict[str, np.ndarray]) -> str:
+    """sha256 over each tensor's name, shape and raw bytes, in name order (torch or numpy)."""
     digest = hashlib.sha256()
     for name in sorted(state):
-        tensor = state[name].detach().to("cpu").contiguous()
         digest.update(name.encode())
+        value = state[name]
+        if isinstance(value, np.ndarray):
+            digest.update(str(value.shape).encode())
+            digest.update(np.ascontiguousarray(value).tobytes() if value.size else b"")
+            continue
+        import torch  # loaded already: ``value`` is a tensor
+
+        tensor = value.detach().to("cpu").contiguous()
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return "sha256:" + digest.hexdigest()
@@ -67,6 +90,11 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write weights and metadata atomically (temp file, then rename)."""
+    from safetensors.torch import save_file
+
+    from service.ml.model import architecture_version
+    from service.provenance import library_versions
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
@@ -94,7 +122,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="numpy") as handle:
             header = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(
@@ -115,11 +143,36 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return metadata
 
 
+def open_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", *, read_only: bool = False
+) -> LoadedCheckpoint:
+    """Check the metadata and the weights against their checksum without torch; the model is
+    built (and its architecture checked) when ``model`` is first used."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except TypeError:  # a dtype numpy lacks (bfloat16): torch reads it
+        return load_checkpoint(path, device, read_only=read_only)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{path} is corrupt or truncated: cannot read its tensors ({exc})"
+        ) from exc
+    if weights_digest(state) != metadata.get("weights_sha256"):
+        raise CheckpointError(
+            f"{path} is corrupt: the weights do not match their recorded checksum"
+        )
+    return LoadedCheckpoint(metadata, path, read_only=read_only, device=device)
+
+
 def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu", *, read_only: bool = False
 ) -> LoadedCheckpoint:
     """Load, verify and return the model in eval mode on ``device``; ``read_only`` marks a
     folder nothing may be written into (files derived from it then go to a cache)."""
+    from service.ml.model import ARCHITECTURES, architecture_version, build_model
+
     path = Path(path)
     metadata = read_metadata(path)
     architecture = metadata.get("architecture")
@@ -155,4 +208,4 @@ def load_checkpoint(
             f"{path} is mismatched: its tensors do not fit {architecture} ({exc})"
         ) from exc
     model.to(device).eval()
-    return LoadedCheckpoint(model=model, metadata=metadata, path=path, read_only=read_only)
+    return LoadedCheckpoint(metadata, path, read_only=read_only, device=device, model=model)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported by the torch path only: serving an ONNX graph never needs it
+    import torch
     from PIL import Image
 
 MNIST_MEAN = 0.1307
@@ -35,6 +35,8 @@ def normalize(
     images: torch.Tensor | np.ndarray, norm: Normalization = Normalization()
 ) -> torch.Tensor:
     """uint8 (or 0..255 float) digits shaped [N,28,28], [N,784] or [28,28] -> float [N,1,28,28]."""
+    import torch
+
     if isinstance(images, np.ndarray):
         return torch.from_numpy(normalize_array(images, norm))
     tensor = images

@@ -16,10 +16,10 @@ import contextlib
 import logging
 import signal
 
-import torch
 from prometheus_client import start_http_server
 
 from service.inference.pool import ModelPool
+from service.ml.threads import set_compute_threads
 from service.monitoring import metrics
 from service.queue.broker import BrokerUnavailable, RabbitBroker
 from service.queue.results import RedisResultStore
@@ -53,7 +53,7 @@ async def run_worker(settings: Settings, stopping: asyncio.Event | None = None) 
     """Run until ``stopping`` is set (by default: until SIGTERM/SIGINT); the exit code."""
     check_settings(settings)
     assert settings.amqp_url and settings.redis_url
-    torch.set_num_threads(settings.torch_threads)
+    set_compute_threads(settings.torch_threads)
     pool = ModelPool(settings)  # the API's loader and alias follower, shared
     served = await asyncio.to_thread(pool.start)  # says what to fix when it cannot
     if settings.worker_metrics_port:
