@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from service.inference.batcher import BatcherClosed, MicroBatcher, QueueFull
+from service.inference.batcher import BatcherClosed, MicroBatcher, QueueFull, SubmissionTimeout
 
 
 def squares(xs: list[int]) -> list[int]:
@@ -156,3 +156,54 @@ async def test_a_low_priority_batcher_lowers_only_its_own_threads_priority():
         assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the rest of the process is untouched
     finally:
         batcher.close()
+
+
+async def test_a_submission_not_answered_in_time_fails_and_its_item_is_never_computed():
+    seen: list[int] = []
+    gate = threading.Event()
+
+    def slow(xs: list[int]) -> list[int]:
+        seen.extend(xs)
+        gate.wait(2)
+        return squares(xs)
+
+    batcher = MicroBatcher(slow, max_batch_size=1).start()
+    try:
+        running = asyncio.ensure_future(batcher.submit(1))
+        while not seen:
+            await asyncio.sleep(0.001)
+        with pytest.raises(SubmissionTimeout, match="did not answer within 0.05 s"):
+            await batcher.submit(2, timeout_s=0.05)  # queued behind the batch that hangs
+        gate.set()
+        assert await running == 1
+        assert await batcher.submit(3, timeout_s=1.0) == 9
+    finally:
+        batcher.close()
+    assert seen == [1, 3], "the timed-out item was dropped, not computed for nobody"
+
+
+async def test_a_shorter_timeout_behind_longer_ones_still_fails_on_time():
+    gate = threading.Event()
+    batcher = MicroBatcher(lambda xs: (gate.wait(2), squares(xs))[1], max_batch_size=1).start()
+    try:
+        patient = [asyncio.ensure_future(batcher.submit(v, timeout_s=5.0)) for v in range(3)]
+        started = time.perf_counter()
+        with pytest.raises(SubmissionTimeout):
+            await batcher.submit_many([7, 8], timeout_s=0.05)
+        waited = time.perf_counter() - started
+        gate.set()
+        assert await asyncio.gather(*patient) == [0, 1, 4]
+    finally:
+        batcher.close()
+    assert waited < 1.0
+
+
+async def test_answered_submissions_leave_no_deadlines_behind():
+    batcher = MicroBatcher(squares).start()
+    try:
+        for value in range(500):
+            assert await batcher.submit(value, timeout_s=30.0) == value * value
+        watched = len(batcher._deadlines[asyncio.get_running_loop()])
+    finally:
+        batcher.close()
+    assert watched <= 1, "deadlines of answered requests must not pile up for REQUEST_TIMEOUT_S"

@@ -8,7 +8,6 @@ cache entry never crosses versions.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -17,7 +16,7 @@ import numpy as np
 
 from service.api.encoding import prediction_json, probabilities_of
 from service.api.inputs import Payload
-from service.inference.batcher import BatcherClosed, QueueFull
+from service.inference.batcher import BatcherClosed, QueueFull, SubmissionTimeout
 from service.inference.cache import PredictionCache, cache_key
 from service.inference.pool import Overloaded, ServedVersion, VersionUnavailable
 
@@ -66,7 +65,7 @@ async def predict_digit(
     cached = await cache.get(key)
     if cached is not None:
         return cached, True
-    row = await _run(served.batcher.submit(digit), timeout_s)
+    row = await _run(served.batcher.submit(digit, timeout_s), timeout_s)
     body = prediction_json(row, served.version)
     cache.put(key, body)
     return body, False
@@ -109,7 +108,9 @@ async def _cached_or_computed(
     missing = [index for index, body in enumerate(cached) if body is None]
     computed: dict[int, np.ndarray] = {}
     if missing:
-        rows = await _run(served.batcher.submit_many([digits[i] for i in missing]), timeout_s)
+        rows = await _run(
+            served.batcher.submit_many([digits[i] for i in missing], timeout_s), timeout_s
+        )
         for index, row in zip(missing, rows, strict=True):
             body = prediction_json(row, served.version)
             cache.put(keys[index], body)
@@ -119,10 +120,10 @@ async def _cached_or_computed(
 
 
 async def _run(awaitable: Awaitable[T], timeout_s: float) -> T:
+    """A batcher submission made with ``timeout_s``, its failures as the API answers them."""
     try:
-        async with asyncio.timeout(timeout_s):
-            return await awaitable
-    except TimeoutError:
+        return await awaitable
+    except SubmissionTimeout:
         raise InferenceTimeout(
             f"the model did not answer within {timeout_s:g} s (REQUEST_TIMEOUT_S); retry later"
         ) from None
