@@ -48,7 +48,8 @@ class Settings(BaseSettings):
 
     # --- compute ---
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'.")
-    torch_threads: int = Field(1, ge=1, description="torch.set_num_threads for inference.")
+    torch_threads: int = Field(1, ge=1, description="Threads the model uses per process (torch's "
+                               "intra-op pool and ONNX Runtime's sessions).")
     runtime: RuntimeName = Field("auto", description="Inference runtime variant.")
 
     # --- HTTP server ---

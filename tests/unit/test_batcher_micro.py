@@ -172,7 +172,7 @@ async def test_a_submission_not_answered_in_time_fails_and_its_item_is_never_com
         running = asyncio.ensure_future(batcher.submit(1))
         while not seen:
             await asyncio.sleep(0.001)
-        with pytest.raises(SubmissionTimeout, match="did not answer within 0.05 s"):
+        with pytest.raises(SubmissionTimeout, match=r"did not answer within 0\.05 s"):
             await batcher.submit(2, timeout_s=0.05)  # queued behind the batch that hangs
         gate.set()
         assert await running == 1
