@@ -143,18 +143,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return metadata
 
 
-def open_checkpoint(
-    path: str | Path, device: str | torch.device = "cpu", *, read_only: bool = False
-) -> LoadedCheckpoint:
-    """Check the metadata and the weights against their checksum without torch; the model is
-    built (and its architecture checked) when ``model`` is first used."""
-    path = Path(path)
-    metadata = read_metadata(path)
+def _verified_tensors(path: Path, metadata: dict, framework: str) -> dict:
+    """Every tensor of the file, read with ``framework`` ("numpy" or "pt") and checked against
+    the recorded checksum. A dtype the framework cannot hold raises TypeError."""
     try:
-        with safe_open(str(path), framework="numpy") as handle:
+        with safe_open(str(path), framework=framework) as handle:
             state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-    except TypeError:  # a dtype numpy lacks (bfloat16): torch reads it
-        return load_checkpoint(path, device, read_only=read_only)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
             f"{path} is corrupt or truncated: cannot read its tensors ({exc})"
@@ -163,6 +157,20 @@ def open_checkpoint(
         raise CheckpointError(
             f"{path} is corrupt: the weights do not match their recorded checksum"
         )
+    return state
+
+
+def open_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", *, read_only: bool = False
+) -> LoadedCheckpoint:
+    """Check the metadata and the weights against their checksum without torch; the model is
+    built (and its architecture checked) when ``model`` is first used."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    try:
+        _verified_tensors(path, metadata, framework="numpy")
+    except TypeError:  # a dtype numpy lacks (bfloat16): torch reads it
+        return load_checkpoint(path, device, read_only=read_only)
     return LoadedCheckpoint(metadata, path, read_only=read_only, device=device)
 
 
@@ -187,19 +195,7 @@ def load_checkpoint(
             f"{path} is mismatched: {architecture} version {metadata.get('architecture_version')} "
             f"but this code builds version {expected_version}"
         )
-    try:
-        state: dict[str, torch.Tensor] = {}
-        with safe_open(str(path), framework="pt") as handle:
-            for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                state[name] = handle.get_tensor(name)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(
-            f"{path} is corrupt or truncated: cannot read its tensors ({exc})"
-        ) from exc
-    if weights_digest(state) != metadata.get("weights_sha256"):
-        raise CheckpointError(
-            f"{path} is corrupt: the weights do not match their recorded checksum"
-        )
+    state = _verified_tensors(path, metadata, framework="pt")
     model = build_model(architecture, num_classes=len(metadata.get("class_names", [])) or 10)
     try:
         model.load_state_dict(state, strict=True)
