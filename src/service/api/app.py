@@ -10,8 +10,9 @@ A missing or broken default model stops start-up with a message that says how to
 /predict answers 503 saying so.
 
 Middleware is pure ASGI (request id, metrics, Connection: close while draining, GZip for bodies
-over 1 KB). POST /predict, the hot path, is served ahead of FastAPI's own middleware stack
-(``HotRoutes``), with the same request context, drain and the app's own exception handlers.
+over 1 KB). The hot paths, POST /predict and the v2 protocol's infer, are served ahead of
+FastAPI's own middleware stack (``HotRoutes``), with the same request context, drain, GZip and the
+app's own exception handlers.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.drain import CloseWhileDraining, Drain
@@ -103,13 +105,16 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
     install_error_handlers(app)
     install_openapi(app, settings)
     app.add_middleware(
-        GZipForLargeBodies, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=6,
+        GZipForLargeBodies, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=6,  # as HotRoutes's
         small_paths=SMALL_ANSWER_PATHS, only_if_asked=v2.is_infer_path,
     )
     app.add_middleware(CloseWhileDraining, drain=app.state.drain)
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)  # outermost
-    app.hot = HotRoutes(app, [r for r in predict.FAST_ROUTES if r.path in SMALL_ANSWER_PATHS],
-                        access_log=settings.access_log, drain=app.state.drain)
+    app.hot = HotRoutes(
+        app, [r for r in predict.FAST_ROUTES if r.path in SMALL_ANSWER_PATHS],
+        may_be_large=v2.INFER_ROUTES, access_log=settings.access_log, drain=app.state.drain,
+        gzip_options={"minimum_size": GZIP_MINIMUM_BYTES, "compresslevel": 6},
+    )
     return app
 
 
@@ -120,10 +125,11 @@ class ServiceApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hot = self.hot
-        if (hot is not None and scope["type"] == "http" and scope["path"] in hot.paths
-                and scope["method"] == "POST" and not scope.get("root_path")):
+        serve = (hot.handler_for(scope) if hot is not None and scope["type"] == "http"
+                 and scope["method"] == "POST" and not scope.get("root_path") else None)
+        if serve is not None:
             scope["app"] = self
-            await hot(scope, receive, send)
+            await serve(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
@@ -136,25 +142,52 @@ class HotRoutes:
     the request context's JSON 500.
 
     What it skips does nothing for these requests: FastAPI's telemetry and body-limit layers
-    (both off), Starlette's server-error layer (the request context answers 500 first), GZip
-    (answers under its minimum), the router's scan and the route wrappers. A dozen coroutine
-    layers entered and resumed on every request (docs/benchmarks/overhead.md)."""
+    (both off), Starlette's server-error layer (the request context answers 500 first), the
+    router's scan and the route wrappers. A dozen coroutine layers entered and resumed on every
+    request (docs/benchmarks/overhead.md).
+
+    ``routes`` are fixed paths whose answers are always small (GZip would pass them through);
+    ``may_be_large`` are routes (path templates allowed) served through GZip for a client that
+    accepts it, as the stack's ``GZipForLargeBodies`` does."""
 
     def __init__(
-        self, app: FastAPI, routes: list[FastRoute], *, access_log: bool, drain: Drain
+        self, app: FastAPI, routes: Sequence[FastRoute], *,
+        may_be_large: Sequence[FastRoute] = (), access_log: bool, drain: Drain,
+        gzip_options: dict[str, Any] | None = None,
     ) -> None:
         self.app = app
         self.routes = {route.path: route for route in routes}
         self.paths = frozenset(self.routes)
-        self._context = RequestContextMiddleware(
+        self.may_be_large = list(may_be_large)
+        # the templates' fixed beginnings: most paths are told apart by one startswith
+        self._prefixes = tuple({route.path.partition("{")[0] for route in self.may_be_large})
+        self._plain = RequestContextMiddleware(
             CloseWhileDraining(self._serve, drain=drain), access_log=access_log
         )
+        self._gzipped = RequestContextMiddleware(
+            CloseWhileDraining(GZipMiddleware(self._serve, **(gzip_options or {})), drain=drain),
+            access_log=access_log,
+        )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._context(scope, receive, send)
+    def handler_for(self, scope: Scope) -> ASGIApp | None:
+        """How this POST request is served here (None: by the stack); its route (and the path's
+        parameters) are put in the scope, as the router would."""
+        path = scope["path"]
+        route = self.routes.get(path)
+        if route is not None:
+            scope["route"] = route  # labels the request's metrics
+            return self._plain
+        if not path.startswith(self._prefixes):
+            return None
+        for route in self.may_be_large:
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                scope.update(child_scope)  # endpoint, path_params, route
+                return self._gzipped if _accepts_gzip(scope) else self._plain
+        return None
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = scope["route"] = self.routes[scope["path"]]  # labels the request's metrics
+        route = scope["route"]
         scope["router"] = self.app.router
         request = Request(scope, receive, send)
         try:

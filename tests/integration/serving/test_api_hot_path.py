@@ -1,5 +1,6 @@
-"""POST /predict is served ahead of FastAPI's middleware stack (``app.HotRoutes``): whatever a
-request is, the hot path answers exactly what the whole stack answers, and records the same."""
+"""POST /predict and the v2 protocol's infer are served ahead of FastAPI's middleware stack
+(``app.HotRoutes``): whatever a request is, the hot path answers exactly what the whole stack
+answers, and records the same."""
 
 from __future__ import annotations
 
@@ -26,6 +27,51 @@ REQUESTS = [
 ]
 
 
+V2_DIGIT = {"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "UINT8",
+                        "data": [0] * 784}]}
+V2_BINARY_HEAD = orjson.dumps({"inputs": [{"name": "pixels", "shape": [2, 784], "datatype": "UINT8",
+                                           "parameters": {"binary_data_size": 2 * 784}}],
+                               "parameters": {"binary_data_output": True}})
+# (path, what is sent, why): the answers and refusals a v2 client meets
+V2_REQUESTS = [
+    ("/v2/models/mnist-cnn/infer", {"content": orjson.dumps(V2_DIGIT)}, "a digit"),
+    ("/v2/models/mnist-cnn/infer", {"content": orjson.dumps({**V2_DIGIT, "id": "a-1"})},
+     "the same digit with an id: a cache hit"),
+    ("/v2/models/mnist-cnn/infer",
+     {"content": V2_BINARY_HEAD + bytes(range(256)) * 6 + bytes(32),
+      "headers": {"Inference-Header-Content-Length": str(len(V2_BINARY_HEAD))}},
+     "two digits as binary data, answered in binary"),
+    ("/v2/models/mnist-cnn/versions/v1/infer", {"content": orjson.dumps(V2_DIGIT)},
+     "a pinned version"),
+    ("/v2/models/mnist-cnn/versions/production/infer", {"content": orjson.dumps(V2_DIGIT)},
+     "a pinned alias"),
+    ("/v2/models/mnist-cnn/versions/v9/infer", {"content": orjson.dumps(V2_DIGIT)},
+     "an unknown version"),
+    ("/v2/models/mnist-cnn/versions/no.such/infer", {"content": orjson.dumps(V2_DIGIT)},
+     "a malformed version"),
+    ("/v2/models/other/infer", {"content": orjson.dumps(V2_DIGIT)}, "an unknown model"),
+    ("/v2/models/mnist-cnn/infer", {"content": orjson.dumps(
+        {"inputs": [{"name": "pixels", "shape": [64, 784], "datatype": "UINT8",
+                     "data": [7] * 64 * 784}]})}, "64 digits: an answer GZip compresses"),
+    ("/v2/models/mnist-cnn/infer", {"content": b"{not json"}, "not JSON"),
+    ("/v2/models/mnist-cnn/infer",
+     {"content": b"\x1f\x8b", "headers": {"Content-Encoding": "gzip"}}, "a compressed body"),
+]
+
+
+def _answer(reply) -> tuple[int, bytes, dict[str, str]]:
+    """The reply without its request id (each request gets its own)."""
+    kept = {name: value for name, value in reply.headers.items() if name != "x-request-id"}
+    assert reply.headers["x-request-id"]
+    body = reply.content
+    if reply.status_code >= 400 and reply.headers["content-type"] == "application/json":
+        document = orjson.loads(body)  # refusals carry their request id in the body
+        assert document.pop("request_id", reply.headers["x-request-id"]) == \
+            reply.headers["x-request-id"]
+        body = orjson.dumps(document)
+    return reply.status_code, body, kept
+
+
 def _predict_requests(status: str) -> float:
     value = REGISTRY.get_sample_value(
         "lab2prod_http_requests_total",
@@ -47,15 +93,7 @@ async def test_the_hot_path_answers_every_request_as_the_whole_stack_does(regist
                 headers = {"Content-Type": "application/json", **request.get("headers", {})}
                 reply = await client.post("/predict", content=request["content"],
                                           headers=headers)
-                kept = {name: value for name, value in reply.headers.items()
-                        if name != "x-request-id"}
-                assert reply.headers["x-request-id"]
-                body = reply.content
-                if reply.status_code >= 400:  # refusals carry their request id in the body
-                    document = orjson.loads(body)
-                    assert document.pop("request_id") == reply.headers["x-request-id"]
-                    body = orjson.dumps(document)
-                answers[path_name].append((reply.status_code, body, kept))
+                answers[path_name].append(_answer(reply))
         app.hot = hot
     for (_, why), hot_answer, stack_answer in zip(REQUESTS, answers["hot"],
                                                         answers["stack"], strict=True):
@@ -75,3 +113,44 @@ async def test_the_hot_path_keeps_the_clients_request_id_and_labels_its_metrics(
         assert orjson.loads(reply.content)["request_id"] == "client-chosen-1"
         assert _predict_requests("400") == refused_before + 1
         assert (await client.get("/predict")).status_code == 405  # other methods: the stack
+
+
+async def test_v2_infer_is_hot_and_answers_every_request_as_the_whole_stack_does(
+    registry_dir,
+):
+    answers: dict[str, list[tuple[int, bytes, dict[str, str]]]] = {}
+    async with serving(settings_for(registry_dir)) as (app, client):
+        hot = app.hot
+        assert hot is not None
+        served_hot: list[str] = []
+        handler_for = hot.handler_for
+
+        def noting(scope):
+            handler = handler_for(scope)
+            if handler is not None:
+                served_hot.append(scope["path"])
+            return handler
+
+        hot.handler_for = noting  # type: ignore[method-assign]
+        for path_name, served_by in (("hot", hot), ("stack", None)):
+            app.hot = served_by
+            app.state.cache.memory.clear()
+            answers[path_name] = []
+            for path, request, _ in V2_REQUESTS:
+                for accept in ("identity", "gzip"):
+                    headers = {"Content-Type": "application/json", "Accept-Encoding": accept,
+                               **request.get("headers", {})}
+                    reply = await client.post(path, content=request["content"], headers=headers)
+                    answers[path_name].append(_answer(reply))
+        app.hot = hot
+    assert served_hot == [path for path, _, _ in V2_REQUESTS for _ in range(2)]
+    whys = [f"{why}, accepting {accept}" for _, _, why in V2_REQUESTS
+            for accept in ("identity", "gzip")]
+    for why, hot_answer, stack_answer in zip(whys, answers["hot"], answers["stack"], strict=True):
+        assert hot_answer == stack_answer, why
+    assert [status for status, _, _ in answers["hot"][::2]] == [200, 200, 200, 200, 200, 404,
+                                                                404, 404, 200, 400, 415]
+    hot_answers = dict(zip(whys, answers["hot"], strict=True))
+    large = "64 digits: an answer GZip compresses, accepting"
+    assert hot_answers[f"{large} gzip"][2]["content-encoding"] == "gzip"
+    assert "content-encoding" not in hot_answers[f"{large} identity"][2]
