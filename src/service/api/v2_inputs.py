@@ -16,7 +16,6 @@ extension: Triton's docs/protocol/extension_binary_data.md.
 from __future__ import annotations
 
 import math
-from array import array as typed_array
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -214,10 +213,11 @@ def _values_from_json(
     count = math.prod(shape)
     if isinstance(data, list) and len(data) == count and datatype == "UINT8" \
             and not may_hold_bools:
-        # The usual body, flat ints in 0..255: one C loop that also checks type and range.
+        # The usual body, flat ints in 0..255: one C loop that also checks type and range
+        # (bytearray's, a third of array("B")'s time: docs/benchmarks/overhead.md).
         try:
-            return np.frombuffer(typed_array("B", data), dtype=np.uint8)
-        except (TypeError, OverflowError):
+            return np.frombuffer(bytearray(data), dtype=np.uint8)
+        except (TypeError, ValueError):
             pass  # the checks below say what is wrong
     try:
         array = np.array(data) if isinstance(data, list) else None
