@@ -5,9 +5,9 @@ checks, same errors), skipping FastAPI's per-request machinery: dependency injec
 dependencies plus FastAPI's route wrapper cost about 150 µs a request on one core, a third of
 the whole budget at c=64 (docs/benchmarks). Its module lists it twice: in ``FAST_ROUTES`` (what
 ``create_app`` serves first) and on its ``APIRouter`` (what the OpenAPI document shows, and what
-would answer, the same way, without the fast entry). Those whose answers are always small
-(POST /predict) go one step further: ``app.HotRoutes`` serves them before FastAPI's middleware
-stack is entered at all.
+would answer, the same way, without the fast entry). POST /predict and the v2 protocol's infer
+go one step further: ``app.HotRoutes`` serves them before FastAPI's middleware stack is entered
+at all.
 """
 
 from __future__ import annotations

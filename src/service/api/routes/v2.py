@@ -4,7 +4,8 @@ The same pool, batchers, cache and metrics as /predict answer it. A version in t
 (an alias too, as ``X-Model-Version`` does); ``/v2/models/{model}/infer`` is routed like an
 unpinned /predict (traffic policy, canary, shadow, MODEL_ALIAS). Answers carry
 ``X-Model-Version``; errors are the protocol's ``{"error": ...}`` (``api.errors``). The infer
-routes are hot, so they are also served as fast routes (routes/fast.py).
+routes are hot: served as fast routes (routes/fast.py), ahead of the middleware stack
+(``app.HotRoutes``).
 """
 
 from __future__ import annotations
