@@ -48,6 +48,7 @@ from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 GZIP_MINIMUM_BYTES = 1024
+GZIP_OPTIONS: dict[str, Any] = {"minimum_size": GZIP_MINIMUM_BYTES, "compresslevel": 6}
 # Routes whose answers are always under GZIP_MINIMUM_BYTES (a /predict answer is about 250
 # bytes): GZip passes them through, so they are also the ones HotRoutes can serve without it.
 SMALL_ANSWER_PATHS = frozenset({"/predict"})
@@ -105,15 +106,15 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
     install_error_handlers(app)
     install_openapi(app, settings)
     app.add_middleware(
-        GZipForLargeBodies, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=6,  # as HotRoutes's
-        small_paths=SMALL_ANSWER_PATHS, only_if_asked=v2.is_infer_path,
+        GZipForLargeBodies, small_paths=SMALL_ANSWER_PATHS, only_if_asked=v2.is_infer_path,
+        **GZIP_OPTIONS,
     )
     app.add_middleware(CloseWhileDraining, drain=app.state.drain)
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)  # outermost
     app.hot = HotRoutes(
         app, [r for r in predict.FAST_ROUTES if r.path in SMALL_ANSWER_PATHS],
         may_be_large=v2.INFER_ROUTES, access_log=settings.access_log, drain=app.state.drain,
-        gzip_options={"minimum_size": GZIP_MINIMUM_BYTES, "compresslevel": 6},
+        gzip_options=GZIP_OPTIONS,
     )
     return app
 

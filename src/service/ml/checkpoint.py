@@ -143,7 +143,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return metadata
 
 
-def _verified_tensors(path: Path, metadata: dict, framework: str) -> dict:
+def _verified_tensors(path: Path, metadata: dict[str, Any], framework: str) -> dict[str, Any]:
     """Every tensor of the file, read with ``framework`` ("numpy" or "pt") and checked against
     the recorded checksum. A dtype the framework cannot hold raises TypeError."""
     try:

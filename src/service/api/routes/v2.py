@@ -219,4 +219,4 @@ INFER_ROUTES = [
     FastRoute("/v2/models/{model}/infer", v2_infer, methods=["POST"]),
     FastRoute("/v2/models/{model}/versions/{version}/infer", v2_infer_version, methods=["POST"]),
 ]
-FAST_ROUTES = INFER_ROUTES
+FAST_ROUTES = INFER_ROUTES  # this module's fast routes: the infer ones
