@@ -5,7 +5,6 @@ request costs between the event loop and the other threads."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 import subprocess
@@ -17,20 +16,17 @@ from pathlib import Path
 import pytest
 from support.models import trained_checkpoint
 from support.registry import publish
+from support.scripts import SCRIPTS, load_script
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "ab_serve.py"
+SCRIPT = SCRIPTS / "ab_serve.py"
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def ab_serve():
-    spec = importlib.util.spec_from_file_location("ab_serve", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("ab_serve")
 
 
 def test_a_tree_is_a_folder_with_the_service_sources_or_the_floor(ab_serve, tmp_path):

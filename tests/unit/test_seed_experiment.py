@@ -3,18 +3,15 @@ figure (docs/release-gate.md) must be what the gate itself would decide, outcome
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from support.scripts import load_script
 
 from service.ml.records import EvaluationRecord, encode_classes
 from service.release.gate import Criteria, no_regression
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "seed_experiment.py"
 # Loose thresholds, so that on a dozen digits both the test and the bounds decide some outcomes
 CRITERIA = Criteria(min_accuracy=0, min_class_recall=0, regression_alpha=0.3,
                     accuracy_drop_bound=0.1, class_recall_drop_bound=0.25)
@@ -24,11 +21,7 @@ SUPPORT = 10
 
 @pytest.fixture(scope="module")
 def experiment():
-    spec = importlib.util.spec_from_file_location("seed_experiment", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("seed_experiment")
 
 
 def gate_refuses(champion_wins: tuple[bool, ...]) -> bool:
