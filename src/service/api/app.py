@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)  # outermost
     app.hot = HotRoutes(
         app, [r for r in predict.FAST_ROUTES if r.path in SMALL_ANSWER_PATHS],
-        may_be_large=v2.INFER_ROUTES, access_log=settings.access_log, drain=app.state.drain,
+        may_be_large=v2.FAST_ROUTES, access_log=settings.access_log, drain=app.state.drain,
         gzip_options=GZIP_OPTIONS,
     )
     return app
@@ -158,7 +158,6 @@ class HotRoutes:
     ) -> None:
         self.app = app
         self.routes = {route.path: route for route in routes}
-        self.paths = frozenset(self.routes)
         self.may_be_large = list(may_be_large)
         # the templates' fixed beginnings: most paths are told apart by one startswith
         self._prefixes = tuple({route.path.partition("{")[0] for route in self.may_be_large})

@@ -86,7 +86,7 @@ async def test_the_hot_path_answers_every_request_as_the_whole_stack_does(regist
     answers: dict[str, list[tuple[int, bytes, dict[str, str]]]] = {}
     async with serving(settings_for(registry_dir)) as (app, client):
         assert isinstance(app, ServiceApp) and app.hot is not None
-        assert app.hot.paths == {"/predict"}
+        assert set(app.hot.routes) == {"/predict"}
         hot = app.hot
         for path_name, served_by in (("hot", hot), ("stack", None)):
             app.hot = served_by

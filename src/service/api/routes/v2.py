@@ -215,8 +215,7 @@ def _metadata(pool: ModelPool, settings: Settings, served: ServedVersion | None)
 
 # Served first (routes/fast.py); the router's entries document the same endpoints. Their answers
 # may be large (a batch's probabilities): app.HotRoutes serves them through GZip.
-INFER_ROUTES = [
+FAST_ROUTES = [
     FastRoute("/v2/models/{model}/infer", v2_infer, methods=["POST"]),
     FastRoute("/v2/models/{model}/versions/{version}/infer", v2_infer_version, methods=["POST"]),
 ]
-FAST_ROUTES = INFER_ROUTES  # this module's fast routes: the infer ones
