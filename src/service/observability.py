@@ -83,6 +83,48 @@ def new_request_id() -> str:
     return f"{random.getrandbits(64):016x}"
 
 
+def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's ``X-Request-ID`` when it is sane, else a fresh id."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            if _SANE_ID.match(value):
+                return value.decode()
+            break
+    return new_request_id()
+
+
+def internal_error(request_id: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The JSON 500 for an unhandled error: headers (without the id's) and body."""
+    body = orjson.dumps({"detail": "internal server error", "request_id": request_id})
+    return [*_ERROR_HEADERS, (b"content-length", b"%d" % len(body))], body
+
+
+def answered_by(headers: list[tuple[bytes, bytes]]) -> str:
+    """The model version an answer names in its ``X-Model-Version`` header ("" if none)."""
+    for name, value in headers:
+        if name == b"x-model-version":
+            return value.decode()
+    return ""
+
+
+def record_request(scope: Scope, status: int, version: str, elapsed: float,
+                   access_log: bool) -> None:
+    """The request's metrics (by route template, status and answering version) and, with
+    ``access_log``, its log line."""
+    route = scope.get("route")
+    template = getattr(route, "path", None) or "unmatched"
+    observe_request(template, scope["method"], status, version, elapsed)
+    if access_log:
+        logger.info(
+            "request",
+            extra={
+                "method": scope["method"], "path": scope["path"], "route": template,
+                "status": status, "ms": round(elapsed * 1000, 3),
+                "model_version": version or None,
+            },
+        )
+
+
 class RequestContextMiddleware:
     """Request id, metrics, optional access log and a last-resort JSON 500 (pure ASGI)."""
 
@@ -94,14 +136,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                if _SANE_ID.match(value):
-                    request_id = value.decode()
-                break
-        if request_id is None:
-            request_id = new_request_id()
+        request_id = request_id_of(scope["headers"])
         token = request_id_var.set(request_id)
         scope.setdefault("state", {})["request_id"] = request_id
         id_header = (b"x-request-id", request_id.encode())
@@ -117,10 +152,7 @@ class RequestContextMiddleware:
                 response_started = True
                 headers = message.get("headers")
                 if headers:
-                    for name, value in headers:
-                        if name == b"x-model-version":
-                            version = value.decode()
-                            break
+                    version = answered_by(headers)
                     message["headers"] = [*headers, id_header]
                 else:
                     message["headers"] = [id_header]
@@ -133,27 +165,10 @@ class RequestContextMiddleware:
             if response_started:
                 raise
             status = 500
-            body = orjson.dumps({"detail": "internal server error", "request_id": request_id})
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [*_ERROR_HEADERS, id_header],
-                }
-            )
+            headers, body = internal_error(request_id)
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [*headers, id_header]})
             await send({"type": "http.response.body", "body": body})
         finally:
-            elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            observe_request(template, scope["method"], status, version, elapsed)
-            if self.access_log:
-                logger.info(
-                    "request",
-                    extra={
-                        "method": scope["method"], "path": scope["path"], "route": template,
-                        "status": status, "ms": round(elapsed * 1000, 3),
-                        "model_version": version or None,
-                    },
-                )
+            record_request(scope, status, version, time.perf_counter() - started, self.access_log)
             request_id_var.reset(token)
