@@ -12,7 +12,8 @@ A missing or broken default model stops start-up with a message that says how to
 Middleware is pure ASGI (request id, metrics, Connection: close while draining, GZip for bodies
 over 1 KB). The hot paths, POST /predict and the v2 protocol's infer, are served ahead of
 FastAPI's own middleware stack (``HotRoutes``), with the same request context, drain, GZip and the
-app's own exception handlers.
+app's own exception handlers; under ``lab2prod serve`` they skip ASGI's messages as well
+(``api.direct``).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from fastapi import FastAPI
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.direct import DirectAnswers
 from service.api.drain import CloseWhileDraining, Drain
 from service.api.errors import install_error_handlers
 from service.api.openapi import install_openapi, operation_id
@@ -116,6 +118,7 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
         may_be_large=v2.FAST_ROUTES, access_log=settings.access_log, drain=app.state.drain,
         gzip_options=GZIP_OPTIONS,
     )
+    app.direct = DirectAnswers(app.hot, drain=app.state.drain, access_log=settings.access_log)
     return app
 
 
@@ -123,6 +126,7 @@ class ServiceApp(FastAPI):
     """FastAPI, with ``hot`` routes answered before its middleware stack is entered."""
 
     hot: HotRoutes | None = None
+    direct: DirectAnswers | None = None  # the hot routes under uvicorn, without ASGI
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hot = self.hot
@@ -170,34 +174,45 @@ class HotRoutes:
         )
 
     def handler_for(self, scope: Scope) -> ASGIApp | None:
-        """How this POST request is served here (None: by the stack); its route (and the path's
-        parameters) are put in the scope, as the router would."""
+        """How this POST request is served here (None: by the stack); see ``route_for``."""
+        found = self.route_for(scope)
+        if found is None:
+            return None
+        return self._gzipped if found[1] else self._plain
+
+    def route_for(self, scope: Scope) -> tuple[Route, bool] | None:
+        """This POST request's route, and whether its answer goes through GZip (None: the stack
+        serves it). The route (and the path's parameters) are put in the scope, as the router
+        would."""
         path = scope["path"]
         route = self.routes.get(path)
         if route is not None:
             scope["route"] = route  # labels the request's metrics
-            return self._plain
+            return route, False
         if not path.startswith(self._prefixes):
             return None
         for route in self.may_be_large:
             match, child_scope = route.matches(scope)
             if match is Match.FULL:
                 scope.update(child_scope)  # endpoint, path_params, route
-                return self._gzipped if _accepts_gzip(scope) else self._plain
+                return route, _accepts_gzip(scope)
         return None
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = scope["route"]
-        scope["router"] = self.app.router
         request = Request(scope, receive, send)
+        response = await self.respond(scope["route"], request)
+        await response(scope, receive, send)
+
+    async def respond(self, route: Route, request: Request) -> Response:
+        """The route's answer to the request, or the app's handler's for what it raised."""
+        request.scope["router"] = self.app.router
         try:
-            response: Response = await route.endpoint(request)
+            return await route.endpoint(request)  # type: ignore[no-any-return]
         except Exception as exc:
             handler = _handler_for(self.app, exc)
             if handler is None:
                 raise
-            response = await handler(request, exc)
-        await response(scope, receive, send)
+            return await handler(request, exc)  # type: ignore[no-any-return]
 
 
 def _handler_for(app: FastAPI, exc: Exception) -> Callable[..., Any] | None:

@@ -35,6 +35,9 @@ from the settings once per process, so ``--workers`` processes each apply them. 
 added work is a few attribute checks, and a dict update when a connection goes idle or its
 headers come in pieces; the header clock is one timer per process, set for the oldest waiting
 connection (measurements: docs/hardening.md).
+
+The protocol also starts the service's hot routes' direct answers (``api.direct``) in place of
+uvicorn's ASGI run, where a request's turn comes (``_start_asgi_task``).
 """
 
 from __future__ import annotations
@@ -47,9 +50,15 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from weakref import WeakKeyDictionary
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from starlette.types import ASGIApp
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
+from service.api.direct import DirectAnswers, direct_answers_of
 from service.monitoring.metrics import CONNECTIONS_REFUSED
 from service.settings import Settings, get_settings
 
@@ -113,9 +122,11 @@ class ConnectionGuard:
     """One server's (one process's) connections that may be closed to make room, each kind
     oldest first, and the one timer that times out the oldest connection waiting for headers."""
 
-    def __init__(self, limits: ConnectionLimits, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, limits: ConnectionLimits, loop: asyncio.AbstractEventLoop,
+                 direct: DirectAnswers | None = None) -> None:
         self.limits = limits
         self.loop = loop
+        self.direct = direct  # the service's hot routes, answered without ASGI (api.direct)
         # Insertion order is waiting order: a connection is (re)inserted when its clock starts.
         self.waiting: dict[GuardedHttpToolsProtocol, float] = {}
         self.idle: dict[GuardedHttpToolsProtocol, None] = {}  # in the order they went idle
@@ -212,7 +223,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             cls = type(self)
             if cls.limits is None:
                 cls.limits = ConnectionLimits.from_settings(get_settings())
-            guard = _guards[self.server_state] = ConnectionGuard(cls.limits, self.loop)
+            guard = _guards[self.server_state] = ConnectionGuard(
+                cls.limits, self.loop, direct_answers_of(self.app))
             logger.info("connection limits", extra=vars(cls.limits))
         self._guard = guard
         self._phase = WAITING
@@ -328,6 +340,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._guard.forget(self)
         self._phase = CLOSED  # the WebSocket protocol owns the transport from here
         super().handle_websocket_upgrade()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGIApp) -> None:
+        """A request's turn (at its headers, or after the one before it on this connection):
+        the hot routes run their direct answer, the rest uvicorn's ASGI cycle."""
+        direct = self._guard.direct
+        run = direct.task_for(cycle, app) if direct is not None else None
+        if run is None:
+            super()._start_asgi_task(cycle, app)
+            return
+        task = self.loop.create_task(run)
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
 
     # --- parser callbacks ---
 

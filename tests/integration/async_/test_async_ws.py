@@ -11,14 +11,12 @@ from typing import Any
 
 import orjson
 import pytest
-import uvicorn
+from support.app import served_over_http
 from support.models import direct_predictions, held_out_digits
-from support.servers import free_port
 from support.uploads import scanned_png
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from service.api.app import create_app
 from service.api.inputs import digit_from_image
 from service.api.routes.ws import PREDICT_TASK
 from service.settings import Settings
@@ -30,22 +28,8 @@ async def running_server(**overrides: Any) -> AsyncIterator[tuple[str, Any]]:
         "device": "cpu", "runtime": "eager", "model_poll_interval_s": 0, "log_json": False,
         **overrides,
     })
-    app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    )
-    serving = asyncio.create_task(server.serve())
-    async with asyncio.timeout(30):
-        while not server.started:
-            if serving.done():
-                serving.result()
-            await asyncio.sleep(0.02)
-    try:
-        yield f"ws://127.0.0.1:{port}/ws/predict", app
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, 30)
+    async with served_over_http(settings) as (app, url):
+        yield url.replace("http://", "ws://") + "/ws/predict", app
 
 
 @pytest.fixture

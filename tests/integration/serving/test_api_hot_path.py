@@ -7,72 +7,9 @@ from __future__ import annotations
 import orjson
 from prometheus_client import REGISTRY
 from support.app import serving, settings_for
+from support.hot_requests import REQUESTS, V2_REQUESTS, comparable
 
 from service.api.app import ServiceApp
-
-# (what is sent, why): the answers and refusals a /predict client meets
-REQUESTS = [
-    ({"content": orjson.dumps({"pixels": [0] * 784})}, "a digit"),
-    ({"content": orjson.dumps({"pixels": [0] * 784})}, "the same digit: a cache hit"),
-    ({"content": orjson.dumps({"pixels": [True] * 784})}, "booleans are refused"),
-    ({"content": orjson.dumps({"pixels": [300] * 784})}, "out of range"),
-    ({"content": orjson.dumps({"pixels": [1.5] * 784})}, "floats are rounded"),
-    ({"content": b"{not json"}, "not JSON"),
-    ({"content": b""}, "an empty body"),
-    ({"content": b"x", "headers": {"Content-Type": "text/plain"}}, "an unsupported type"),
-    ({"content": orjson.dumps({"pixels": [0] * 784}),
-      "headers": {"X-Model-Version": "v9"}}, "an unknown version"),
-    ({"content": orjson.dumps({"pixels": [0] * 784}),
-      "headers": {"X-Model-Version": "no/such"}}, "a malformed version"),
-]
-
-
-V2_DIGIT = {"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "UINT8",
-                        "data": [0] * 784}]}
-V2_BINARY_HEAD = orjson.dumps({"inputs": [{"name": "pixels", "shape": [2, 784], "datatype": "UINT8",
-                                           "parameters": {"binary_data_size": 2 * 784}}],
-                               "parameters": {"binary_data_output": True}})
-# (path, what is sent, why): the answers and refusals a v2 client meets
-V2_REQUESTS = [
-    ("/v2/models/mnist-cnn/infer", {"content": orjson.dumps(V2_DIGIT)}, "a digit"),
-    ("/v2/models/mnist-cnn/infer", {"content": orjson.dumps({**V2_DIGIT, "id": "a-1"})},
-     "the same digit with an id: a cache hit"),
-    ("/v2/models/mnist-cnn/infer",
-     {"content": V2_BINARY_HEAD + bytes(range(256)) * 6 + bytes(32),
-      "headers": {"Inference-Header-Content-Length": str(len(V2_BINARY_HEAD))}},
-     "two digits as binary data, answered in binary"),
-    ("/v2/models/mnist-cnn/versions/v1/infer", {"content": orjson.dumps(V2_DIGIT)},
-     "a pinned version"),
-    ("/v2/models/mnist-cnn/versions/production/infer", {"content": orjson.dumps(V2_DIGIT)},
-     "a pinned alias"),
-    ("/v2/models/mnist-cnn/versions/v9/infer", {"content": orjson.dumps(V2_DIGIT)},
-     "an unknown version"),
-    ("/v2/models/mnist-cnn/versions/no.such/infer", {"content": orjson.dumps(V2_DIGIT)},
-     "a malformed version"),
-    ("/v2/models/other/infer", {"content": orjson.dumps(V2_DIGIT)}, "an unknown model"),
-    ("/v2/models/mnist-cnn/infer", {"content": orjson.dumps(
-        {"inputs": [{"name": "pixels", "shape": [64, 784], "datatype": "UINT8",
-                     "data": [7] * 64 * 784}]})}, "64 digits: an answer GZip compresses"),
-    ("/v2/models/mnist-cnn/infer", {"content": b"{not json"}, "not JSON"),
-    ("/v2/models/mnist-cnn/infer",
-     {"content": b"\x1f\x8b", "headers": {"Content-Encoding": "gzip"}}, "a compressed body"),
-]
-
-
-def _answer(reply, *, id_in_body: bool = True) -> tuple[int, bytes, dict[str, str]]:
-    """The reply without its request id (each request gets its own). Our refusals carry it in
-    the body too; the v2 protocol's (``{"error": ...}``) do not."""
-    kept = {name: value for name, value in reply.headers.items() if name != "x-request-id"}
-    assert reply.headers["x-request-id"]
-    body = reply.content
-    if reply.status_code >= 400:
-        document = orjson.loads(body)
-        if id_in_body:
-            assert document.pop("request_id") == reply.headers["x-request-id"]
-        else:
-            assert set(document) == {"error"}
-        body = orjson.dumps(document)
-    return reply.status_code, body, kept
 
 
 def _predict_requests(status: str) -> float:
@@ -96,7 +33,7 @@ async def test_the_hot_path_answers_every_request_as_the_whole_stack_does(regist
                 headers = {"Content-Type": "application/json", **request.get("headers", {})}
                 reply = await client.post("/predict", content=request["content"],
                                           headers=headers)
-                answers[path_name].append(_answer(reply))
+                answers[path_name].append(comparable(reply))
         app.hot = hot
     for (_, why), hot_answer, stack_answer in zip(REQUESTS, answers["hot"],
                                                         answers["stack"], strict=True):
@@ -144,7 +81,7 @@ async def test_v2_infer_is_hot_and_answers_every_request_as_the_whole_stack_does
                     headers = {"Content-Type": "application/json", "Accept-Encoding": accept,
                                **request.get("headers", {})}
                     reply = await client.post(path, content=request["content"], headers=headers)
-                    answers[path_name].append(_answer(reply, id_in_body=False))
+                    answers[path_name].append(comparable(reply, id_in_body=False))
         app.hot = hot
     assert served_hot == [path for path, _, _ in V2_REQUESTS for _ in range(2)]
     whys = [f"{why}, accepting {accept}" for _, _, why in V2_REQUESTS

@@ -6,8 +6,8 @@ dependencies plus FastAPI's route wrapper cost about 150 µs a request on one co
 the whole budget at c=64 (docs/benchmarks). Its module lists it twice: in ``FAST_ROUTES`` (what
 ``create_app`` serves first) and on its ``APIRouter`` (what the OpenAPI document shows, and what
 would answer, the same way, without the fast entry). POST /predict and the v2 protocol's infer
-go one step further: ``app.HotRoutes`` serves them before FastAPI's middleware stack is entered
-at all.
+go further: ``app.HotRoutes`` serves them before FastAPI's middleware stack is entered at
+all, and under uvicorn ``api.direct`` answers them without ASGI's messages.
 """
 
 from __future__ import annotations
