@@ -11,7 +11,9 @@ connection in one piece. The protocol (``api.protocol``) starts it in place of t
 What needs the cycle still gets it: a body still arriving when the request's turn comes (a large
 or slow upload), ``Expect: 100-continue``, a client that accepts gzip on a route whose answers
 may be large, and any other request. Pipelining, keep-alive, flow control and shutdown stay
-uvicorn's: the direct answer completes the same cycle object they follow.
+uvicorn's: the direct answer completes the same cycle object they follow. What the direct answer
+does not apply is uvicorn's proxy-headers rewrite of the scope's client and scheme; nothing these
+routes do reads either.
 """
 
 from __future__ import annotations
