@@ -14,7 +14,7 @@ from support.registry import publish_release
 
 from service.api.protocol import GuardedHttpToolsProtocol
 from service.bench import bodies, limits, report
-from service.bench.harness import Run, assemble
+from service.bench.harness import Run, assemble, measuring_order
 from service.bench.servers import Server, free_port
 from service.commands.serve import uvicorn_options
 from service.ml.data import load_dataset
@@ -91,17 +91,24 @@ def test_the_limit_adds_the_floors_and_the_runtimes_time_per_request():
     assert limits.combined_limit(1420.0, 6100.0, None) is None, "no runtime measured"
 
 
-def run(target: str, rps: float, p50: float = 20.0, p99: float = 30.0) -> Run:
-    return Run(target, 64, 1, rps, p50, p50, p99, p99, 0, 0, 0, int(rps * 5), 5.0, 0.98,
-               980 / rps)
+def run(target: str, rps: float, p50: float = 20.0, p99: float = 30.0, round_index: int = 1,
+        cpu_ms: float | None = None) -> Run:
+    return Run(target, 64, round_index, rps, p50, p50, p99, p99, 0, 0, 0, int(rps * 5), 5.0,
+               0.98, cpu_ms if cpu_ms is not None else 980 / rps)
+
+
+def timed(images_per_s: float, round_index: int = 1) -> dict:
+    return {"runtime": "onnx-int8", "images_per_s": images_per_s, "round": round_index}
+
+
+CONTEXT = {"started": "2026-01-01T00:00:00", "server_cpu": 0, "client_cpu": 1, "rounds": 1,
+           "seconds_per_point": 5, "distinct_bodies": 2048, "miss_cache_size": 256,
+           "machine": "test", "load_average_at_end": [0.1, 0.1, 0.1]}
 
 
 def test_the_share_and_the_tail_are_targets_in_the_report_and_the_readme(tmp_path):
     runs = [run("ours", 1800.0, p50=20.0, p99=36.0), run("floor", 6000.0)]
-    context = {"started": "2026-01-01T00:00:00", "server_cpu": 0, "client_cpu": 1, "rounds": 1,
-               "seconds_per_point": 5, "distinct_bodies": 2048, "miss_cache_size": 256,
-               "machine": "test", "load_average_at_end": [0.1, 0.1, 0.1]}
-    data = assemble(runs, {}, context, None, {"runtime": "onnx-int8", "images_per_s": 4000.0})
+    data = assemble(runs, {}, CONTEXT, None, [timed(4000.0)])
     checks = {check["target"]: check for check in data["targets"]}
     assert checks["c=64 JSON req/s share of the limit"]["measured"] == 0.75
     assert checks["c=64 JSON req/s share of the limit"]["passed"] is True
@@ -114,3 +121,37 @@ def test_the_share_and_the_tail_are_targets_in_the_report_and_the_readme(tmp_pat
         assert "ours 1,800 req/s = **0.75** of the 2,400 limit (floor 6,000 req/s" in text
         assert ("| floor | limit | — | 6,000, 20.0/30 |" in text
                 or "| floor | limit | 64 | 6,000" in text)
+        assert "Shares by round" not in text, "one round: nothing to list"
+
+
+def test_the_limit_pairs_each_rounds_ours_with_that_rounds_floor_and_runtime():
+    # Round 2's floor ran while the core was shared: paired, it lowers that round's limit too,
+    # instead of lowering the limit set against both rounds' ours.
+    runs = [run("ours", 1800.0, round_index=0, cpu_ms=0.5), run("floor", 6000.0, round_index=0,
+                                                               cpu_ms=0.15),
+            run("ours", 1200.0, round_index=1, cpu_ms=0.6), run("floor", 3000.0, round_index=1,
+                                                               cpu_ms=0.2),
+            run("ours", 1700.0, round_index=2, cpu_ms=0.55), run("floor", 6600.0, round_index=2,
+                                                                cpu_ms=0.16)]
+    limit = limits.limit_by_round(runs, [timed(4000.0, 0), timed(3000.0, 1), timed(4400.0, 2)])
+    assert limit["rounds"] == 3
+    # round 0: 1 / (1/6000 + 1/4000) = 2400 -> 0.75; round 1: 1500 -> 0.80; round 2: 2640 -> 0.644
+    assert limit["shares"] == [0.644, 0.75, 0.8]
+    assert limit["round"] == 0 and limit["share"] == 0.75, "the median round's own figures"
+    assert (limit["ours_rps"], limit["floor_rps"], limit["limit_rps"]) == (1800.0, 6000.0, 2400.0)
+    assert limit["cpu_shares"] == sorted(limit["cpu_shares"]) and len(limit["cpu_shares"]) == 3
+    line = limits.limit_line(limit)
+    assert "Limit at c=64 (the median round): ours 1,800 req/s = **0.75**" in line
+    assert "Shares by round (each round: ours, then the floor, then the runtime alone): " \
+           "0.64, 0.75, 0.80; by CPU time" in line
+    two = limits.limit_by_round(runs[:4], [timed(4000.0, 0), timed(3000.0, 1)])
+    assert two["share"] == 0.75, "of two rounds, the lower: the figure a target is held to"
+    assert limits.limit_by_round(runs, []) is None, "no runtime timed"
+    assert limits.limit_by_round(runs[:1], [timed(4000.0, 0)]) is None, "no floor in the run"
+
+
+def test_each_round_measures_the_floor_right_after_ours():
+    assert measuring_order(["tutorial", "floor", "ours", "ours-png"]) == \
+        ["tutorial", "ours", "floor", "ours-png"]
+    assert measuring_order(["tutorial", "floor"]) == ["tutorial", "floor"]
+    assert measuring_order(["ours", "tutorial"]) == ["ours", "tutorial"]

@@ -2,7 +2,8 @@
 
 Every server runs pinned to one core (``taskset -c SERVER_CPU``), wrk to the other; each round
 visits every target at each concurrency in turn (A B C D, A B C D, ...), so slow drifts of a
-shared machine spread over all of them. Figures are medians over rounds, with the range.
+shared machine spread over all of them (the floor right after ours: the limit pairs them).
+Figures are medians over rounds, with the range.
 
 Targets (a server and a body set):
   ours, tutorial, threadpool, litserve   JSON pixels, >= 1,000 distinct digits (misses)
@@ -31,7 +32,7 @@ import statistics
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,7 +307,8 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     memory: dict[str, Any] = {}
     runs: list[Run] = []
     uploads: dict[str, float] = {}
-    runtime: dict[str, Any] | None = None
+    runtimes: list[dict[str, Any]] = []  # the runtime alone, timed once a round
+    runtime_alone: limits.RuntimeAlone | None = None
     cursor = Cursor()
     try:
         redis_port = None
@@ -341,10 +343,14 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
                 f"{', '.join(paused)}." if paused else "")
         for name in paused:
             servers[name].pause()
+        if limits.FLOOR_TARGET in config.targets:
+            runtime_alone = limits.RuntimeAlone(
+                registry, config.model_name, "production",
+                limits.bench_digits(body_sets["json"].path, 1024), config.server_cpu)
         total = config.rounds * len(config.concurrencies) * len(config.targets)
         for round_index in range(config.rounds):
             for concurrency in config.concurrencies:
-                for target in config.targets:
+                for target in measuring_order(config.targets):
                     awake = TARGETS[target][0] in paused
                     if awake:
                         servers[TARGETS[target][0]].resume()
@@ -358,6 +364,9 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
                              "errors %d cpu %.2f", len(runs), total, round_index + 1, concurrency,
                              target, last.requests_per_s, last.p50_ms, last.p99_ms, last.errors,
                              last.server_cpu_cores)
+                    if (runtime_alone is not None and target == limits.FLOOR_TARGET
+                            and concurrency == limits.LIMIT_CONCURRENCY):
+                        runtimes.append({**runtime_alone.measure(), "round": last.round})
         for name in paused:
             servers[name].resume()
         for name in sorted(wanted_servers):
@@ -368,10 +377,6 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
             memory["workers"] = _worker_memory(config, registry, redis_port, log_dir)
         if "ours-png" in config.targets:
             uploads = upload_costs(body_sets["png"], config.server_cpu)
-        if limits.FLOOR_TARGET in config.targets:
-            runtime = limits.runtime_alone(
-                registry, config.model_name, "production",
-                limits.bench_digits(body_sets["json"].path, 1024), config.server_cpu)
     finally:
         stop_all(list(servers.values()))
         shutil.rmtree(run_dir / "bodies", ignore_errors=True)  # tens of MB a run; logs stay
@@ -380,7 +385,17 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     if same_runtime:
         context["same_runtime"] = {"file": str(same_runtime["path"]),
                                    "ours_runtime": same_runtime["ours_runtime"]}
-    return assemble(runs, memory, context, uploads, runtime)
+    return assemble(runs, memory, context, uploads, runtimes)
+
+
+def measuring_order(targets: Sequence[str]) -> list[str]:
+    """The targets in the order each round measures them: the floor right after ours, so the
+    pair the limit is made of sees the same conditions on a shared machine."""
+    order = [target for target in targets if target != limits.FLOOR_TARGET]
+    if limits.FLOOR_TARGET in targets:
+        order.insert(order.index("ours") + 1 if "ours" in order else len(order),
+                     limits.FLOOR_TARGET)
+    return order
 
 
 def idle_cpu(servers: dict[str, Server], seconds: float = 3.0) -> dict[str, float]:
@@ -653,14 +668,11 @@ def png_ceiling(rows: list[dict[str, Any]], uploads: dict[str, float]) -> dict[s
 
 def assemble(runs: list[Run], memory: dict[str, Any], context: dict[str, Any],
              uploads: dict[str, float] | None = None,
-             runtime: dict[str, Any] | None = None) -> dict[str, Any]:
+             runtimes: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The run's JSON: ``runtimes`` are the runtime alone's timings, one a round (its ``round``)."""
     rows = summarise(runs)
-    limit = limits.combined_limit(
-        _median(rows, "ours", 64, "requests_per_s"),
-        _median(rows, limits.FLOOR_TARGET, 64, "requests_per_s"), runtime,
-        ours_cpu_ms=_median(rows, "ours", 64, "cpu_ms_per_request"),
-        floor_cpu_ms=_median(rows, limits.FLOOR_TARGET, 64, "cpu_ms_per_request"))
+    limit = limits.limit_by_round(runs, runtimes)
     return {"context": context, "summary": rows, "ratios": ratios(rows),
             "targets": check_targets(rows) + limits.checks(limit),
-            "png_ceiling": png_ceiling(rows, uploads or {}), "runtime_alone": runtime,
+            "png_ceiling": png_ceiling(rows, uploads or {}), "runtime_alone": list(runtimes),
             "limit": limit, "memory": memory, "runs": [asdict(r) for r in runs]}

@@ -12,6 +12,8 @@ runtime alone, and our throughput as a share of what the two allow together.
 - The limit: one core must carry both for every request, so at best it serves
   ``1 / (1/floor + 1/runtime images/s)`` requests a second. Whatever our c=64 figure misses of
   that is our own per-request work (parsing, cache, hand-off to the batcher, metrics, encoding).
+  Each round measures ours, then the floor, then the runtime alone, one after the other, and
+  the limit is worked out per round (``limit_by_round``): the median round is the figure.
 
 ``python -m service.bench.limits --port N`` runs the floor server (the harness starts it).
 """
@@ -19,9 +21,11 @@ runtime alone, and our throughput as a share of what the two allow together.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ from service.bench.servers import ServerSpec, python_command
 FLOOR_TARGET = "floor"
 RUNTIME_BATCH = 32
 MIN_SHARE = 0.75  # of the limit, at c=64
+LIMIT_CONCURRENCY = 64
 # A /predict answer as ``encoding.prediction_json`` writes one (float32 shortest decimals,
 # about 200 bytes), fixed: the floor encodes nothing.
 FLOOR_ANSWER = (
@@ -94,39 +99,58 @@ def bench_digits(bodies_path: Path, count: int) -> np.ndarray:
     return np.asarray(pixels, dtype=np.uint8).reshape(-1, 28, 28)
 
 
+class RuntimeAlone:
+    """The runtime our server picks for ``alias``'s version, loaded once and timed on demand
+    (``measure``): microseconds per image at batch 32 on one thread pinned to ``cpu``, the
+    median of calls over distinct batches. The bench times it in every round, right after the
+    floor, so that each round's limit is made of figures measured under the same conditions."""
+
+    def __init__(self, registry: Path, model_name: str, alias: str, digits: np.ndarray,
+                 cpu: int) -> None:
+        from service.inference.loader import load_runtime
+        from service.ml.preprocess import normalize_array
+        from service.registry import open_registry
+
+        self.cpu = cpu
+        opened = open_registry(registry, model_name)
+        with self._one_thread_on_cpu():  # ONNX Runtime's session follows it, as served
+            loaded = load_runtime(opened.checkpoint_path(alias), runtime="auto", device="cpu",
+                                  version=alias, selection=opened.card(alias).get("runtimes"),
+                                  read_only=True)
+        self.runtime_name = loaded.runtime_name
+        self._predict = loaded.runtime.predict_proba
+        self._batches = [normalize_array(digits[start:start + RUNTIME_BATCH], loaded.normalization)
+                         for start in range(0, len(digits) - RUNTIME_BATCH + 1, RUNTIME_BATCH)]
+        if not self._batches:
+            raise ValueError(f"need at least {RUNTIME_BATCH} digits, got {len(digits)}")
+
+    def measure(self, seconds: float = 2.0) -> dict[str, Any]:
+        with self._one_thread_on_cpu():
+            cpu_s, wall_s = _median_call(self._predict, self._batches, seconds)
+        us_per_image = 1e6 * cpu_s / RUNTIME_BATCH
+        return {"runtime": self.runtime_name, "batch": RUNTIME_BATCH,
+                "us_per_image": round(us_per_image, 2),
+                "images_per_s": round(1e6 / us_per_image, 1),
+                "wall_us_per_image": round(1e6 * wall_s / RUNTIME_BATCH, 2)}
+
+    @contextlib.contextmanager
+    def _one_thread_on_cpu(self) -> Iterator[None]:
+        import torch
+
+        previous_threads, previous_cpus = torch.get_num_threads(), os.sched_getaffinity(0)
+        torch.set_num_threads(1)
+        os.sched_setaffinity(0, {self.cpu})
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(0, previous_cpus)
+            torch.set_num_threads(previous_threads)
+
+
 def runtime_alone(registry: Path, model_name: str, alias: str, digits: np.ndarray, cpu: int,
                   seconds: float = 2.0) -> dict[str, Any]:
-    """Microseconds per image of the runtime our server picks for ``alias``'s version, at
-    batch 32 on one thread pinned to ``cpu`` (median of calls over distinct batches)."""
-    import torch
-
-    from service.inference.loader import load_runtime
-    from service.ml.preprocess import normalize_array
-    from service.registry import open_registry
-
-    opened = open_registry(registry, model_name)
-    previous_threads, previous_cpus = torch.get_num_threads(), os.sched_getaffinity(0)
-    torch.set_num_threads(1)  # before building: ONNX Runtime's session follows it, as served
-    os.sched_setaffinity(0, {cpu})
-    try:
-        loaded = load_runtime(opened.checkpoint_path(alias), runtime="auto", device="cpu",
-                              version=alias, selection=opened.card(alias).get("runtimes"),
-                              read_only=True)
-        runtime = loaded.runtime
-        batches = [normalize_array(digits[start:start + RUNTIME_BATCH], loaded.normalization)
-                   for start in range(0, len(digits) - RUNTIME_BATCH + 1, RUNTIME_BATCH)]
-        if not batches:
-            raise ValueError(f"need at least {RUNTIME_BATCH} digits, got {len(digits)}")
-        cpu_s, wall_s = _median_call(lambda batch: runtime.predict_proba(batch), batches,
-                                     seconds)
-    finally:
-        os.sched_setaffinity(0, previous_cpus)
-        torch.set_num_threads(previous_threads)
-    us_per_image = 1e6 * cpu_s / RUNTIME_BATCH
-    return {"runtime": loaded.runtime_name, "batch": RUNTIME_BATCH,
-            "us_per_image": round(us_per_image, 2),
-            "images_per_s": round(1e6 / us_per_image, 1),
-            "wall_us_per_image": round(1e6 * wall_s / RUNTIME_BATCH, 2)}
+    """``RuntimeAlone`` loaded and timed once."""
+    return RuntimeAlone(registry, model_name, alias, digits, cpu).measure(seconds)
 
 
 def _median_call(call: Any, inputs: list[Any], seconds: float) -> tuple[float, float]:
@@ -179,6 +203,38 @@ def combined_limit(ours_rps: float | None, floor_rps: float | None,
     return result
 
 
+def limit_by_round(runs: Sequence[Any], runtimes: Sequence[dict[str, Any]]
+                   ) -> dict[str, Any] | None:
+    """``combined_limit`` per round, from that round's ours and floor at c=64 (measured one
+    after the other) and the runtime timed right after them (``runtimes``: one per round, each
+    with its ``round``). The result is the median round's (the lower of two), with every
+    round's share beside it: on a shared core a floor measured minutes away from ours, in
+    other conditions, moved the share by half."""
+    pairs: dict[int, dict[str, Any]] = {}
+    for run in runs:
+        if run.concurrency == LIMIT_CONCURRENCY and run.target in ("ours", FLOOR_TARGET):
+            pairs.setdefault(run.round, {})[run.target] = run
+    per_round = []
+    for runtime in runtimes:
+        pair = pairs.get(runtime["round"], {})
+        ours, floor = pair.get("ours"), pair.get(FLOOR_TARGET)
+        if ours is None or floor is None:
+            continue
+        limit = combined_limit(ours.requests_per_s, floor.requests_per_s, runtime,
+                               ours_cpu_ms=ours.cpu_ms_per_request,
+                               floor_cpu_ms=floor.cpu_ms_per_request)
+        if limit is not None:
+            per_round.append({**limit, "round": runtime["round"]})
+    if not per_round:
+        return None
+    per_round.sort(key=lambda limit: limit["share"])
+    median_round = per_round[(len(per_round) - 1) // 2]
+    return {**median_round, "rounds": len(per_round),
+            "shares": [limit["share"] for limit in per_round],
+            "cpu_shares": sorted(limit["cpu_share"] for limit in per_round
+                                 if "cpu_share" in limit)}
+
+
 def checks(limit: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The target on the share, in the form of ``harness.check_targets``'s rows."""
     share = None if limit is None else limit["share"]
@@ -188,18 +244,32 @@ def checks(limit: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 def limit_line(limit: dict[str, Any] | None) -> str:
-    """'ours 1,420 req/s = 0.61 of the 2,350 limit (floor 6,100 req/s, runtime 3,820 img/s)'."""
+    """'ours 1,420 req/s = 0.61 of the 2,350 limit (floor 6,100 req/s, runtime 3,820 img/s)',
+    with the share of every round when there were several."""
     if not limit:
         return ""
-    return (f"- Limit at c=64: ours {limit['ours_rps']:,.0f} req/s = **{limit['share']:.2f}** of "
+    rounds = limit.get("rounds", 1)
+    line = (f"- Limit at c=64{' (the median round)' if rounds > 1 else ''}: ours "
+            f"{limit['ours_rps']:,.0f} req/s = **{limit['share']:.2f}** of "
             f"the {limit['limit_rps']:,.0f} limit (floor {limit['floor_rps']:,.0f} req/s, "
             f"runtime {limit['runtime_images_per_s']:,.0f} img/s: {limit['runtime']} at batch "
             f"{RUNTIME_BATCH}, one thread); per request: floor {limit['floor_us']:.0f} µs + "
-            f"model {limit['runtime_us']:.0f} µs + our own {limit['overhead_us']:.0f} µs."
-            + (f" By CPU time per request (less distorted by other work on the core): floor "
-               f"{limit['floor_cpu_us']:.0f} µs + model {limit['runtime_us']:.0f} µs of our "
-               f"{limit['ours_cpu_us']:.0f} µs = **{limit['cpu_share']:.2f}**."
-               if "cpu_share" in limit else ""))
+            f"model {limit['runtime_us']:.0f} µs + our own {limit['overhead_us']:.0f} µs.")
+    if "cpu_share" in limit:
+        line += (f" By CPU time per request (less distorted by other work on the core): floor "
+                 f"{limit['floor_cpu_us']:.0f} µs + model {limit['runtime_us']:.0f} µs of our "
+                 f"{limit['ours_cpu_us']:.0f} µs = **{limit['cpu_share']:.2f}**.")
+    if rounds > 1:
+        line += (f" Shares by round (each round: ours, then the floor, then the runtime alone): "
+                 f"{_figures(limit['shares'])}")
+        if limit.get("cpu_shares"):
+            line += f"; by CPU time {_figures(limit['cpu_shares'])}"
+        line += "."
+    return line
+
+
+def _figures(values: Sequence[float]) -> str:
+    return ", ".join(f"{value:.2f}" for value in values)
 
 
 if __name__ == "__main__":
