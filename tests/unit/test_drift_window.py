@@ -1,13 +1,18 @@
 """The drift windows: what the request path keeps (and drops), what a drain computes off it, the
-in-process ring, and a shared window whose Redis is unreachable."""
+in-process ring, a shared window whose Redis is unreachable, and what closing does to a drain
+in progress."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 
 import numpy as np
+import pytest
 from support.servers import free_port
 
+from service.monitoring import monitor as monitor_module
 from service.monitoring.monitor import DriftMonitor, VersionDrift
 from service.monitoring.reference import DriftReference
 from service.monitoring.signals import digit_signals
@@ -81,3 +86,38 @@ async def test_an_unreachable_redis_is_stopped_being_called_and_the_local_window
     assert report["window"] == {"size": 100, "filled": 50, "shared": False}
     assert not shared.reachable and shared.breaker.failures == 2  # then no call was made
     assert elapsed < 1.0
+
+
+def shared_window(redis_url: str) -> RedisWindows:
+    return RedisWindows(redis_url, namespace="test", size=100, width=5, timeout_s=1.0,
+                        breaker_failures=3, breaker_reset_s=1.0)
+
+
+async def test_closing_during_a_drain_still_pushes_what_that_drain_took(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(monitor_module, "FLUSH_S", 0.01)
+    monitor = DriftMonitor(size=100, shared=shared_window(redis_url))
+    tracked = monitor.track("v1", reference())
+    assert tracked is not None
+    taken = threading.Event()
+    drain = tracked.drain
+
+    def slow_drain() -> np.ndarray:  # the buffer is taken, the push not yet made
+        rows = drain()
+        if len(rows):
+            taken.set()
+            time.sleep(0.3)
+        return rows
+
+    tracked.drain = slow_drain  # type: ignore[method-assign]
+    tracked.observe(digits(50), np.tile(PROBABILITIES, (5, 1)))
+    monitor.start()
+    assert await asyncio.to_thread(taken.wait, 5)
+    await monitor.close()  # a worker's SIGTERM lands here
+    reader = shared_window(redis_url)
+    try:
+        rows = await reader.read("v1")
+    finally:
+        await reader.close()
+    assert rows is not None and len(rows) == 50

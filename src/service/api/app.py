@@ -275,8 +275,8 @@ async def _start(app: FastAPI, settings: Settings, stack: contextlib.AsyncExitSt
     if settings.model_poll_interval_s > 0:
         watcher = asyncio.create_task(pool.watch(), name="model-watcher")
         stack.push_async_callback(_cancel, watcher)
-    stack.push_async_callback(pool.drift.close)  # after the loop stops: pushes what is left
-    stack.push_async_callback(_cancel, asyncio.create_task(pool.drift.run(), name="drift"))
+    pool.drift.start()
+    stack.push_async_callback(pool.drift.close)  # ends the loop's pass, pushes what is left
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -83,6 +83,8 @@ class DriftMonitor:
         self.size = size
         self.shared = shared
         self._versions: dict[str, VersionDrift] = {}
+        self._stopping = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DriftMonitor:
@@ -139,11 +141,20 @@ class DriftMonitor:
             "signals": {signal.name: signal.as_dict() for signal in report.signals},
         }
 
+    def start(self) -> asyncio.Task[None]:
+        """Run the drain-and-refresh loop as a task; ``close`` stops it."""
+        self._stopping = asyncio.Event()  # a pool may serve another app's lifespan after close
+        self._loop = asyncio.create_task(self.run(), name="drift")
+        return self._loop
+
     async def run(self) -> None:
-        """Drain every FLUSH_S and refresh the gauges every REFRESH_S, until cancelled."""
+        """Drain every FLUSH_S and refresh the gauges every REFRESH_S, until ``close``."""
         refresh_at = time.monotonic() + REFRESH_S
-        while True:
-            await asyncio.sleep(FLUSH_S)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), FLUSH_S)
+            if self._stopping.is_set():
+                return
             refresh = time.monotonic() >= refresh_at
             if refresh:
                 refresh_at = time.monotonic() + REFRESH_S
@@ -154,7 +165,12 @@ class DriftMonitor:
                     log.exception("drift monitoring failed for %s", version)
 
     async def close(self) -> None:
-        """Push what is still buffered (best effort), then let go of Redis."""
+        """Stop the loop after the pass it is in, push what is still buffered (best effort),
+        then let go of Redis. The loop is not cancelled: a drain cancelled between taking the
+        buffer and pushing it would lose those inputs from the shared window."""
+        self._stopping.set()
+        if self._loop is not None:
+            await asyncio.wait({self._loop})
         for tracked in list(self._versions.values()):
             with contextlib.suppress(Exception):
                 await self.flush(tracked)

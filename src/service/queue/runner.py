@@ -67,7 +67,7 @@ async def run_worker(settings: Settings, stopping: asyncio.Event | None = None) 
     for signum in signals:
         loop.add_signal_handler(signum, stopping.set)
     follow = asyncio.create_task(pool.watch(), name="follow-alias")
-    drift = asyncio.create_task(pool.drift.run(), name="drift")
+    pool.drift.start()
     log.info(
         "worker starting: model %s on %s, queue %s, prefetch %d, batch %d/%.1fms",
         served.version, served.model.runtime.device, settings.queue_name, settings.worker_prefetch,
@@ -101,10 +101,9 @@ async def run_worker(settings: Settings, stopping: asyncio.Event | None = None) 
             await _consume_until_stopped_or_lost(broker, worker, stopping)
             await broker.close()
     finally:
-        for task in (follow, drift):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        follow.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follow
         await pool.drift.close()
         await store.close()
         pool.close()
