@@ -141,16 +141,15 @@ class DriftMonitor:
             "signals": {signal.name: signal.as_dict() for signal in report.signals},
         }
 
-    def start(self) -> asyncio.Task[None]:
+    def start(self) -> None:
         """Run the drain-and-refresh loop as a task; ``close`` stops it."""
         self._stopping = asyncio.Event()  # a pool may serve another app's lifespan after close
         self._loop = asyncio.create_task(self.run(), name="drift")
-        return self._loop
 
     async def run(self) -> None:
         """Drain every FLUSH_S and refresh the gauges every REFRESH_S, until ``close``."""
         refresh_at = time.monotonic() + REFRESH_S
-        while not self._stopping.is_set():
+        while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), FLUSH_S)
             if self._stopping.is_set():
