@@ -156,10 +156,12 @@ def _grey_to_mnist(grey: Image.Image) -> np.ndarray:
 
     All per-pixel work is uint8 arithmetic: a few comparisons over the canvas find the ink,
     and background removal and the noise floor touch the cut-out digit only; floats appear
-    once it is 20 px. An upload then costs well under its decoding (docs/benchmarks)."""
+    once it is 20 px. Every step is one array operation: at MNIST's sizes each call's fixed
+    cost, not the pixels, is what an upload pays (docs/benchmarks/overhead.md)."""
     from PIL import Image
 
-    pixels = np.asarray(grey)
+    width, height = grey.size
+    pixels = np.frombuffer(grey.tobytes(), dtype=np.uint8).reshape(height, width)
     background = _border_median(pixels)
     inverted = background > 127  # dark ink on light paper: make the ink light, as in MNIST
     peak = background - int(pixels.min()) if inverted else int(pixels.max()) - background
@@ -173,7 +175,7 @@ def _grey_to_mnist(grey: Image.Image) -> np.ndarray:
     else:
         strong = pixels >= np.uint8(math.ceil(background + INK_THRESHOLD * peak))
     rows = np.flatnonzero(strong.any(axis=1))
-    cols = np.flatnonzero(strong.any(axis=0))
+    cols = np.flatnonzero(strong[rows[0] : rows[-1] + 1].any(axis=0))
     # Ink above the background, in levels, on the cut-out only (uint8 arithmetic: a lookup
     # table per pixel cost three times as much). Paper texture fainter than the noise floor
     # becomes MNIST's 0. Contrast needs no stretch here: the result is scaled to 255 below.
@@ -187,16 +189,18 @@ def _grey_to_mnist(grey: Image.Image) -> np.ndarray:
     ink *= keep
     if peak < 128:  # faint ink: spread it over more levels before averaging rounds it
         ink *= np.uint8(255 // peak)  # exact: ink <= peak
-    crop = Image.fromarray(ink)
-    width, height = crop.size
-    scale = DIGIT_BOX / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    crop_height, crop_width = ink.shape
+    scale = DIGIT_BOX / max(crop_height, crop_width)
+    size = (max(1, round(crop_width * scale)), max(1, round(crop_height * scale)))
     # Area averaging when shrinking (anti-aliased, keeps thin strokes' ink), bicubic when growing.
     if scale < 1:
-        small = np.asarray(crop.resize(size, Image.Resampling.BOX), dtype=np.float32)
+        shrunk = Image.fromarray(ink).resize(size, Image.Resampling.BOX)
+        small = np.frombuffer(shrunk.tobytes(), dtype=np.uint8).astype(np.float32)
     else:  # in floats: bicubic overshoots, and its negative lobes must be clipped, not wrapped
-        floats = Image.fromarray(np.asarray(crop, dtype=np.float32))
-        small = np.clip(np.asarray(floats.resize(size, Image.Resampling.BICUBIC)), 0.0, None)
+        grown = Image.fromarray(ink.astype(np.float32)).resize(size, Image.Resampling.BICUBIC)
+        small = np.frombuffer(grown.tobytes(), dtype=np.float32).copy()
+        np.maximum(small, 0.0, out=small)
+    small = small.reshape(size[1], size[0])
     small *= 255.0 / max(float(small.max()), 1e-6)
     return _paste_by_centre_of_mass(small)
 
@@ -213,14 +217,20 @@ def _border_median(pixels: np.ndarray) -> int:
     return (int(lower) + int(upper) + 1) // 2
 
 
+_PIXEL_INDEX = np.arange(IMAGE_SIDE, dtype=np.float64)
+
+
 def _paste_by_centre_of_mass(small: np.ndarray) -> np.ndarray:
+    """The scaled digit (floats in 0..255) -> uint8 28x28 with its centre of mass at MNIST's."""
     height, width = small.shape
-    total = float(small.sum())
-    centre_y = float((small.sum(axis=1) * np.arange(height)).sum()) / total
-    centre_x = float((small.sum(axis=0) * np.arange(width)).sum()) / total
+    row_mass = small.sum(axis=1, dtype=np.float64)
+    total = float(row_mass.sum())
+    centre_y = float(row_mass @ _PIXEL_INDEX[:height]) / total
+    centre_x = float(small.sum(axis=0, dtype=np.float64) @ _PIXEL_INDEX[:width]) / total
     # MNIST's centres of mass sit at (14, 14) in pixel indices.
     top = min(max(round(IMAGE_SIDE / 2 - centre_y), 0), IMAGE_SIDE - height)
     left = min(max(round(IMAGE_SIDE / 2 - centre_x), 0), IMAGE_SIDE - width)
-    canvas = np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.float32)
-    canvas[top : top + height, left : left + width] = small
-    return np.rint(np.clip(canvas, 0.0, 255.0)).astype(np.uint8)
+    canvas = np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)
+    # In 0..255 already (scaled so the peak is 255, float32 error far below half a level).
+    canvas[top : top + height, left : left + width] = np.rint(small, out=small)
+    return canvas
