@@ -114,7 +114,9 @@ def measure(contender: Contender, bodies: BodySet, args: argparse.Namespace,
     finally:
         server.pause()
     if result.errors:
-        raise wrk.BenchError(f"{contender.label}: {result.errors} failed requests; its log:\n"
+        raise wrk.BenchError(f"{contender.label}: {result.errors} failed requests "
+                             f"({result.status_errors} answered with an error status, "
+                             f"{result.socket_errors} socket errors); its log:\n"
                              f"{server.log_tail()}")
     loop_us, other_us = split_cpu(pid, before, after, result.requests)
     return Round(result.requests_per_s, result.p50_ms, result.p99_ms, loop_us, other_us)
@@ -126,9 +128,12 @@ def report(contenders: list[Contender]) -> None:
           f"per-round ratio to {first.label} (req/s; CPU)")
     for contender in contenders:
         rounds = contender.rounds
-        ratios = "" if contender is first else ", ".join(
-            f"{r.requests_per_s / f.requests_per_s:.2f}; {r.cpu_us / f.cpu_us:.2f}"
-            for r, f in zip(rounds, first.rounds, strict=True))
+        pairs = list(zip(rounds, first.rounds, strict=True))
+        speed = [r.requests_per_s / f.requests_per_s for r, f in pairs]
+        cpu = [r.cpu_us / f.cpu_us for r, f in pairs]
+        ratios = "" if contender is first else (
+            ", ".join(f"{s:.2f}; {c:.2f}" for s, c in zip(speed, cpu, strict=True))
+            + f"  (medians {statistics.median(speed):.2f}; {statistics.median(cpu):.2f})")
         print(f"{contender.label:12s} {statistics.median(r.requests_per_s for r in rounds):8,.0f} "
               f"{statistics.median(r.cpu_us for r in rounds):10.1f} "
               f"{statistics.median(r.loop_us for r in rounds):6.1f} "

@@ -143,6 +143,41 @@ def test_construction_validates_its_settings_with_a_fix():
         MicroBatcher(squares, max_batch_size=0)
     with pytest.raises(ValueError, match="max_wait_ms must be 0"):
         MicroBatcher(squares, max_wait_ms=-1)
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        MicroBatcher(squares, threads=0)
+
+
+async def test_several_threads_run_batches_at_the_same_time_on_one_queue():
+    both_running = threading.Barrier(2, timeout=5)  # passes only if two batches run at once
+
+    def handler(items: list[int]) -> list[int]:
+        both_running.wait()
+        return [item * 10 for item in items]
+
+    batcher = MicroBatcher(handler, max_batch_size=1, threads=2).start()
+    try:
+        assert sorted(await asyncio.gather(batcher.submit(1), batcher.submit(2))) == [10, 20]
+        assert {thread.name for thread in batcher._threads} == {
+            "inference-batcher-0", "inference-batcher-1"}
+    finally:
+        batcher.close()
+
+
+async def test_closing_a_many_threaded_batcher_finishes_the_queue_and_stops_every_thread():
+    def slow_squares(items: list[int]) -> list[int]:
+        time.sleep(0.01)
+        return [item * item for item in items]
+
+    batcher = MicroBatcher(slow_squares, max_batch_size=2, threads=3).start()
+    answers = [asyncio.ensure_future(batcher.submit(value)) for value in range(12)]
+    await asyncio.sleep(0)  # submitted: handed over at the end of this loop iteration
+    started = time.monotonic()
+    await asyncio.to_thread(batcher.close)
+    assert time.monotonic() - started < 5, "every thread took its own stop and none hung"
+    assert [await answer for answer in answers] == [value * value for value in range(12)]
+    assert not any(thread.is_alive() for thread in batcher._threads)
+    with pytest.raises(BatcherClosed):
+        await batcher.submit(1)
 
 
 async def test_a_low_priority_batcher_lowers_only_its_own_threads_priority():
@@ -152,7 +187,7 @@ async def test_a_low_priority_batcher_lowers_only_its_own_threads_priority():
     try:
         assert await batcher.submit(1) == 2  # the thread has started and set its priority
         base = os.getpriority(os.PRIO_PROCESS, 0)
-        assert os.getpriority(os.PRIO_PROCESS, batcher._thread.native_id) == max(base, 10)
+        assert os.getpriority(os.PRIO_PROCESS, batcher._threads[0].native_id) == max(base, 10)
         assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the rest of the process is untouched
     finally:
         batcher.close()

@@ -8,14 +8,11 @@ with orjson and checked with numpy, which is what keeps the hot path cheap.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import hashlib
 import io
 import warnings
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -28,6 +25,7 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from service.inference.batcher import MicroBatcher
 from service.ml.preprocess import (
     IMAGE_PIXELS,
     IMAGE_SIDE,
@@ -48,6 +46,8 @@ GENERIC_CONTENT_TYPES = frozenset({"", "application/octet-stream", "binary/octet
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the uploaded file
 MAX_FORM_FIELDS, MAX_FORM_FILES = 16, 4  # most plain fields, and files, in one multipart body
 DECODE_THREADS = 2  # images are decoded off the event loop, at most this many at once
+DECODE_BATCH_SIZE = 4  # uploads a decoding thread takes at a time (one huge one delays 3 at most)
+DECODE_QUEUE_SIZE = 1024  # uploads waiting to be decoded past which /predict answers 503
 # Our own check (MAX_IMAGE_PIXELS, before decoding) replaces Pillow's warning for big headers.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
@@ -253,25 +253,45 @@ def digit_from_opened(image: Image.Image) -> np.ndarray:
             raise InputError(str(exc), 422) from None
 
 
-_decoder: ThreadPoolExecutor | None = None
+def digits_from_opened(images: list[Image.Image]) -> list[np.ndarray | Exception]:
+    """``digit_from_opened`` for each image; a failure is returned in its place, so that one bad
+    upload fails its own request only."""
+    digits: list[np.ndarray | Exception] = []
+    for image in images:
+        try:
+            digits.append(digit_from_opened(image))
+        except Exception as exc:  # raised again on the loop, for its own request alone
+            digits.append(exc)
+    return digits
+
+
+_decoder: MicroBatcher[Image.Image, np.ndarray | Exception] | None = None
 
 
 async def decode_image(
     data: bytes, *, max_pixels: int, max_bytes: int | None = None, content_type: str | None = None
 ) -> np.ndarray:
     """``digit_from_image`` without stalling the event loop: the header checks run here (a
-    bad upload is refused at once), decoding and preprocessing on a small thread pool (Pillow
+    bad upload is refused at once), decoding and preprocessing on two decoding threads (Pillow
     releases the GIL while it decodes).
 
-    Decoding the usual upload inline instead was measured (docs/benchmarks): no more throughput
-    on one core, and a p99 at c=64 two to three times longer, because every busy loop iteration also
-    delays reading the next requests."""
+    The threads are a micro-batcher's: the uploads of one loop iteration wake a thread once, and
+    a batch's digits come back in one call, where a thread pool's futures cost a wake-up and a
+    callback each (about 35 µs of CPU an upload: docs/benchmarks/overhead.md). Decoding the usual
+    upload inline instead was measured: no more throughput on one core, and a p99 at c=64 two to
+    three times longer, because every busy loop iteration also delays reading the next requests.
+    """
     global _decoder
     image = open_image(data, max_pixels=max_pixels, max_bytes=max_bytes, content_type=content_type)
     if _decoder is None:
-        _decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="image-decode")
-    work = functools.partial(digit_from_opened, image)
-    return await asyncio.get_running_loop().run_in_executor(_decoder, work)
+        _decoder = MicroBatcher(
+            digits_from_opened, max_batch_size=DECODE_BATCH_SIZE, name="image-decode",
+            threads=DECODE_THREADS, max_queue_size=DECODE_QUEUE_SIZE,
+        ).start()
+    digit = await _decoder.submit(image)
+    if isinstance(digit, Exception):
+        raise digit
+    return digit
 
 
 def _reason(exc: BaseException) -> str:

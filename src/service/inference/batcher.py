@@ -2,7 +2,9 @@
 
 One dedicated inference thread takes whatever is queued (up to ``max_batch_size``), runs the
 handler once on the whole list and hands every result back to its request's future with a single
-``loop.call_soon_threadsafe`` per batch. A lone request on an idle model runs at once; requests
+``loop.call_soon_threadsafe`` per batch. ``threads`` > 1 runs that many such threads on the one
+queue (image decoding: Pillow releases the GIL while it decodes, and one huge image then does not
+hold up the rest). A lone request on an idle model runs at once; requests
 that arrive while a batch is running form the next batch, so batching costs nothing at low load
 and fills up by itself under load. ``max_wait_ms`` > 0 adds an optional wait to fill a batch.
 
@@ -74,7 +76,10 @@ class MicroBatcher(Generic[In, Out]):
         name: str = "inference",
         on_batch: Callable[[int, float], None] | None = None,
         niceness: int = 0,
+        threads: int = 1,
     ) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if max_queue_size < 1:
@@ -88,10 +93,13 @@ class MicroBatcher(Generic[In, Out]):
         self.name = name
         self.on_batch = on_batch
         self.niceness = niceness  # > 0: the inference thread yields the CPU to others (Linux)
+        self.threads = threads
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._closed = False
-        self.in_flight = 0  # items in the batch now running (read for metrics only)
+        self._in_flight = [0] * threads  # items in each thread's running batch (metrics only)
+        self._exited = 0  # threads that have stopped; the last one fails what is left
+        self._exit_lock = threading.Lock()
         # this loop iteration's submissions, per event loop, handed over by _flush
         self._pending: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         self._deadlines: dict[asyncio.AbstractEventLoop, Deadlines] = {}
@@ -99,11 +107,15 @@ class MicroBatcher(Generic[In, Out]):
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> MicroBatcher[In, Out]:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name=f"{self.name}-batcher", daemon=True
-            )
-            self._thread.start()
+        if not self._threads:
+            for slot in range(self.threads):
+                suffix = f"-{slot}" if self.threads > 1 else ""
+                self._threads.append(threading.Thread(
+                    target=self._run, args=(slot,), name=f"{self.name}-batcher{suffix}",
+                    daemon=True,
+                ))
+            for thread in self._threads:
+                thread.start()
         return self
 
     def close(self, timeout: float = 10.0) -> None:
@@ -113,9 +125,11 @@ class MicroBatcher(Generic[In, Out]):
         for loop in list(self._pending):
             self._flush(loop)  # submitted before close: finished, like the rest of the queue
         self._closed = True
-        self._queue.put(_STOP)
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for _ in range(self.threads):
+            self._queue.put(_STOP)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def depth(self) -> int:
@@ -123,13 +137,22 @@ class MicroBatcher(Generic[In, Out]):
         return self._queue.qsize() + sum(map(len, self._pending.values()))
 
     @property
+    def in_flight(self) -> int:
+        """Items in the batches running now."""
+        return sum(self._in_flight)
+
+    @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._closed
+        return self._alive() and not self._closed
+
+    def _alive(self) -> bool:
+        # map, not a generator: every submission asks (hot path; half the generator's cost)
+        return any(map(threading.Thread.is_alive, self._threads))
 
     # --- submitting (event-loop side) ---------------------------------------------------------
 
     def _check_room(self, count: int) -> None:
-        if self._closed or self._thread is None or not self._thread.is_alive():
+        if self._closed or not self._alive():
             raise BatcherClosed(f"the {self.name} batcher is not running")
         if self.depth + count > self.max_queue_size:
             raise QueueFull(
@@ -200,7 +223,7 @@ class MicroBatcher(Generic[In, Out]):
 
     # --- the inference thread -----------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, slot: int) -> None:
         if self.niceness:
             _lower_thread_priority(self.niceness)
         take = self._queue.get
@@ -222,8 +245,12 @@ class MicroBatcher(Generic[In, Out]):
                 pass
             if self.max_wait_s and not stopping and len(batch) < self.max_batch_size:
                 stopping = self._fill(batch)
-            self._process(batch)
-        self._fail_leftovers()
+            self._process(batch, slot)
+        with self._exit_lock:  # each thread takes one _STOP: the last out fails what is left
+            self._exited += 1
+            last = self._exited == self.threads
+        if last:
+            self._fail_leftovers()
 
     def _fill(self, batch: list[Any]) -> bool:
         deadline = time.monotonic() + self.max_wait_s
@@ -240,11 +267,11 @@ class MicroBatcher(Generic[In, Out]):
             batch.append(entry)
         return False
 
-    def _process(self, batch: list[Any]) -> None:
+    def _process(self, batch: list[Any], slot: int = 0) -> None:
         live = [entry for entry in batch if not entry[1].done()]  # skip cancelled requests
         if not live:
             return
-        self.in_flight = len(live)
+        self._in_flight[slot] = len(live)
         started = time.perf_counter()
         outputs: Sequence[Any] | None = None
         error: BaseException | None = None
@@ -257,7 +284,7 @@ class MicroBatcher(Generic[In, Out]):
         except BaseException as exc:  # delivered to the batch's requests, never kills the thread
             error = exc
         finally:
-            self.in_flight = 0
+            self._in_flight[slot] = 0
         if self.on_batch is not None:
             try:
                 self.on_batch(len(live), time.perf_counter() - started)
