@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
 import zlib
@@ -15,6 +16,7 @@ from starlette.requests import Request
 
 from service.api.inputs import (
     InputError,
+    decode_image,
     digit_from_image,
     digit_from_json,
     digit_from_pixels,
@@ -171,6 +173,23 @@ def test_a_blank_image_says_no_digit_was_found():
     with pytest.raises(InputError, match="no digit found") as blank:
         digit_from_image(png_bytes(Image.new("RGB", (64, 64), "white")), max_pixels=LIMIT)
     assert blank.value.status_code == 422
+
+
+async def test_uploads_decoded_together_fail_only_the_bad_one():
+    good = png_bytes(digit_image())
+    blank = png_bytes(Image.new("L", (64, 64), 255))
+    truncated = png_bytes(digit_image("RGB"), format="JPEG")[:300]
+    # Submitted in one loop iteration: they reach the decoding threads together, in batches.
+    answers = await asyncio.gather(
+        *(decode_image(data, max_pixels=LIMIT) for data in (good, blank, good, truncated, good)),
+        return_exceptions=True,
+    )
+    expected = digit_from_image(good, max_pixels=LIMIT)
+    for index in (0, 2, 4):
+        assert np.array_equal(answers[index], expected)
+    assert isinstance(answers[1], InputError) and answers[1].status_code == 422
+    assert "no digit found" in answers[1].message
+    assert isinstance(answers[3], InputError) and "truncated" in answers[3].message
 
 
 # --- multipart uploads: the slicing fast path and Starlette's parser agree ----------------------
