@@ -2,11 +2,11 @@
 
 One dedicated inference thread takes whatever is queued (up to ``max_batch_size``), runs the
 handler once on the whole list and hands every result back to its request's future with a single
-``loop.call_soon_threadsafe`` per batch. ``threads`` > 1 runs that many such threads on the one
-queue (image decoding: Pillow releases the GIL while it decodes, and one huge image then does not
-hold up the rest). A lone request on an idle model runs at once; requests
+``loop.call_soon_threadsafe`` per batch. A lone request on an idle model runs at once; requests
 that arrive while a batch is running form the next batch, so batching costs nothing at low load
 and fills up by itself under load. ``max_wait_ms`` > 0 adds an optional wait to fill a batch.
+``threads`` > 1 runs that many such threads on the one queue (image decoding: Pillow releases the
+GIL while it decodes, and one huge image then does not hold up the rest).
 
 Submissions made during one event-loop iteration reach the inference thread together, at the
 end of that iteration (``loop.call_soon``, not a timer): the thread then wakes once for all of
@@ -267,7 +267,7 @@ class MicroBatcher(Generic[In, Out]):
             batch.append(entry)
         return False
 
-    def _process(self, batch: list[Any], slot: int = 0) -> None:
+    def _process(self, batch: list[Any], slot: int) -> None:
         live = [entry for entry in batch if not entry[1].done()]  # skip cancelled requests
         if not live:
             return
