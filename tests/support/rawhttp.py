@@ -6,6 +6,7 @@ from __future__ import annotations
 import select
 import socket
 import time
+import weakref
 from dataclasses import dataclass
 
 
@@ -29,10 +30,16 @@ def request_head(method: str, path: str, *headers: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
 
+# Bytes read past an answer (the next pipelined answer's start), kept for the next read.
+_unread: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
+
+
 def read_answer(sock: socket.socket) -> RawAnswer:
     """One response: the status line, headers and a Content-Length body (or, without one, the
-    bytes up to the server's close). Raises TimeoutError when none comes in the socket's time."""
-    data = b""
+    bytes up to the server's close). Raises TimeoutError when none comes in the socket's time.
+    Answers to pipelined requests can arrive in one read: what follows this one is kept for the
+    next call on the same socket."""
+    data = _unread.pop(sock, b"")
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         if not chunk:
@@ -50,6 +57,9 @@ def read_answer(sock: socket.socket) -> RawAnswer:
         if not chunk:
             break
         body += chunk
+    if length is not None and len(body) > length:
+        _unread[sock] = body[length:]
+        body = body[:length]
     return RawAnswer(int(status_line.split()[1]), headers, body)
 
 
