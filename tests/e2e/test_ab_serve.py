@@ -77,4 +77,6 @@ def test_two_trees_are_measured_in_turns_and_compared(tmp_path):
         ("1", "this"), ("1", "floor"), ("2", "this"), ("2", "floor")]
     assert all(int(rate.replace(",", "")) > 0 for _, _, rate in rounds)
     summary = finished.stdout.split("per-round ratio to this")[1]
-    assert re.search(r"^floor .* [\d.]+; [\d.]+, [\d.]+; [\d.]+$", summary, re.MULTILINE)
+    # each round's ratios (req/s; CPU), then their medians
+    assert re.search(r"^floor .* [\d.]+; [\d.]+, [\d.]+; [\d.]+  \(medians [\d.]+; [\d.]+\)$",
+                     summary, re.MULTILINE)
