@@ -1,6 +1,7 @@
 """A server of the exported ONNX graph never loads torch: its memory is the serving stack's
 (about a fifth of a torch process's, docs/benchmarks), and torch comes only with a runtime that
-runs it."""
+runs it. No server loads scipy: the drift tests are computed without it (it was a third of the
+server's memory)."""
 
 from __future__ import annotations
 
@@ -39,11 +40,16 @@ def test_a_server_of_the_int8_onnx_graph_answers_without_loading_torch(registry,
     with ServeProcess(registry, tmp_path, RUNTIME="onnx-int8", DEVICE="cpu") as server:
         answer = httpx.post(f"{server.url}/predict", json={"pixels": [0] * 784}, timeout=10)
         runtime = httpx.get(f"{server.url}/ready", timeout=10).json()["model"]["runtime"]
+        drift = httpx.get(f"{server.url}/drift", timeout=10).json()  # the window's tests, run
         libraries = loaded_libraries(server.process.pid)
     assert answer.status_code == 200, answer.text
     assert runtime == "onnx-int8"
+    assert drift["window"]["filled"] == 1 and {
+        signal["test"] for signal in drift["signals"].values()
+    } == {"chi-square", "kolmogorov-smirnov"}, drift
     assert "libonnxruntime" in libraries
     assert "libtorch" not in libraries, "serving the ONNX graph loaded torch"
+    assert "/scipy" not in libraries, "the drift tests loaded scipy"
 
 
 def test_a_runtime_that_runs_torch_loads_it(registry, tmp_path):

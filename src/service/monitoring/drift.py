@@ -6,8 +6,8 @@ Per signal two figures, because each answers what the other cannot:
 - the population stability index (PSI) over the reference's bins (the classes, or the deciles
   of a continuous signal): how *much* the distribution moved, whatever the window's size;
 - a two-sample test with its p-value (chi-square test of homogeneity for the classes,
-  Kolmogorov-Smirnov for the continuous signals): whether the move is more than the sampling
-  noise of a window and a reference of these sizes.
+  Kolmogorov-Smirnov for the continuous signals, computed in ``monitoring.significance``):
+  whether the move is more than the sampling noise of a window and a reference of these sizes.
 
 The alert rule: a signal *drifts* when its PSI is at least ``PSI_ALERT`` (0.25) **and** its
 p-value is below ``P_ALERT`` (0.01 shared over the five signals, Bonferroni: 0.002); the
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy import stats
 
 from service.monitoring.reference import DriftReference
 from service.monitoring.signals import SIGNALS
+from service.monitoring.significance import chi_square_homogeneity, kolmogorov_smirnov_2samp
 
 PSI_WATCH, PSI_ALERT = 0.1, 0.25
 ALPHA = 0.01
@@ -114,17 +114,16 @@ def _classes(name: str, reference_counts: np.ndarray, column: np.ndarray) -> Sig
     counts = np.bincount(column.astype(np.int64), minlength=len(reference_counts))
     table = np.stack([reference_counts, counts[: len(reference_counts)]])
     table = table[:, table.sum(axis=0) > 0]  # a class neither predicted tells nothing
-    statistic, p_value = (0.0, 1.0) if table.shape[1] < 2 else \
-        stats.chi2_contingency(table, correction=False)[:2]
+    statistic, p_value = (0.0, 1.0) if table.shape[1] < 2 else chi_square_homogeneity(table)
     return SignalDrift(name, "chi-square", psi(table[0], table[1]), float(statistic),
                        float(p_value))
 
 
 def _continuous(name: str, reference: DriftReference, column: np.ndarray) -> SignalDrift:
     described = reference.continuous[name]
-    tested = stats.ks_2samp(column, described.values)
+    statistic, p_value = kolmogorov_smirnov_2samp(column, described.values)
     return SignalDrift(
         name, "kolmogorov-smirnov", psi(described.counts, described.bin_counts(column)),
-        float(tested.statistic), float(tested.pvalue),
+        statistic, p_value,
         reference_mean=float(described.values.mean()), window_mean=float(column.mean()),
     )
