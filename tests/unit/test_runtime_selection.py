@@ -25,10 +25,13 @@ from service.inference.verification import (
     RuntimeCriteria,
     VerificationSet,
     compare,
+    verify,
 )
 from service.ml.checkpoint import load_checkpoint, save_checkpoint
 from service.ml.data import load_dataset
 from service.ml.model import build_model
+from service.ml.preprocess import Normalization
+from service.settings import Settings
 
 LENIENT = RuntimeCriteria(min_agreement=0.9, max_accuracy_drop=0.05)
 # int8 rounds probabilities by about 1e-2, fp32 exports by about 1e-6: this bar splits them.
@@ -240,3 +243,27 @@ def test_a_chain_measured_on_another_kind_of_device_gives_way_to_the_default_ord
     loaded = load_runtime(path, runtime="auto", device="cpu",
                           selection=selection_for(["eager"], device="cuda"))
     assert loaded.runtime_name == AUTO_PREFERENCE_CPU[0]
+
+
+def test_verifying_a_variant_runs_no_batch_larger_than_serving_does(digits):
+    """ONNX Runtime keeps the memory its largest batch needed for the session's life: the check
+    at start-up must not size the server for batches it never serves."""
+    images, labels = digits
+
+    class Recording:
+        name = "recording"
+
+        def __init__(self) -> None:
+            self.batches: list[int] = []
+
+        def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+            self.batches.append(len(batch))
+            return np.full((len(batch), 10), 0.1, dtype=np.float32)
+
+    runtime = Recording()
+    verification_set = VerificationSet(images, labels, np.full((len(images), 10), 0.1),
+                                       "sha256:" + "0" * 64, LENIENT)
+    verify(runtime, verification_set, Normalization())
+    serving_batch = Settings.model_fields["max_batch_size"].default
+    assert sum(runtime.batches) == len(images) > serving_batch
+    assert max(runtime.batches) <= serving_batch

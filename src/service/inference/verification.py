@@ -102,7 +102,14 @@ def compare(
     )
 
 
-def predict_all(runtime: Any, inputs: Any, batch_size: int = 256) -> np.ndarray:
+# Batches no larger than serving's (MAX_BATCH_SIZE's default): ONNX Runtime keeps, for the life
+# of the session, the memory the largest batch it ever ran needed, and batches of 256 when the
+# server verified a variant at start-up kept 26 MiB more than serving ever uses
+# (docs/benchmarks/overhead.md, round 8). Per image, 32 and 256 cost the same.
+VERIFY_BATCH_SIZE = 32
+
+
+def predict_all(runtime: Any, inputs: Any, batch_size: int = VERIFY_BATCH_SIZE) -> np.ndarray:
     """A runtime's probabilities over normalised inputs [N,1,28,28] (numpy or torch), in
     batches."""
     return np.concatenate([
