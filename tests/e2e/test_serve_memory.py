@@ -1,5 +1,5 @@
 """A server of the exported ONNX graph never loads torch: its memory is the serving stack's
-(about a fifth of a torch process's, docs/benchmarks), and torch comes only with a runtime that
+(about a quarter of a torch process's, docs/benchmarks), and torch comes only with a runtime that
 runs it. No server loads scipy: the drift tests are computed without it (it was a third of the
 server's memory)."""
 
