@@ -8,12 +8,13 @@ of it (docs/benchmarks/overhead.md), for two formulas:
   incomplete gamma function Q(dof / 2, statistic / 2) (series below a + 1, continued fraction
   above: Numerical Recipes 6.2). The same figures as ``scipy.stats.chi2_contingency(table,
   correction=False)`` to ~1e-12 (tests/unit/test_drift_significance.py).
-- **two-sample Kolmogorov-Smirnov test**: the statistic exactly as ``scipy.stats.ks_2samp``
-  computes it; the p-value from Kolmogorov's limiting distribution with Stephens' small-sample
+- **two-sample Kolmogorov-Smirnov test**: the statistic as ``scipy.stats.ks_2samp`` computes it
+  (to rounding); the p-value from Kolmogorov's limiting distribution with Stephens' small-sample
   correction, lambda = (sqrt(ne) + 0.12 + 0.11 / sqrt(ne)) * D, ne = n1 n2 / (n1 + n2), as
   scipy's own two-sample test did before its exact method. Against that exact method, at windows
   of 100-1,000 against a reference of 2,000 values: within 7% wherever p >= 0.001 (the alert
-  threshold is 0.002), within 11% down to 1e-7, an order of magnitude beyond (docs/drift.md).
+  threshold is 0.002) and within 11% down to 1e-7; far beyond, it overstates p by orders of
+  magnitude, where any window alerts either way (docs/drift.md).
 """
 
 from __future__ import annotations
