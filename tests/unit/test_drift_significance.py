@@ -42,9 +42,11 @@ def test_identical_samples_are_no_evidence_at_all():
     assert kolmogorov_smirnov_2samp(values, values) == (0.0, 1.0)
 
 
-def test_a_test_without_degrees_of_freedom_or_data_is_refused():
+def test_a_test_without_degrees_of_freedom_or_data_is_refused_with_what_is_missing():
     with pytest.raises(ValueError, match="degree of freedom"):
         chi_square_survival(3.0, 0)
+    with pytest.raises(ValueError, match="positive total"):
+        chi_square_homogeneity(np.array([[5, 0, 3], [2, 0, 7]]))
     with pytest.raises(ValueError, match="non-empty"):
         kolmogorov_smirnov_2samp(np.array([]), np.arange(5.0))
 

@@ -32,7 +32,11 @@ def chi_square_homogeneity(table: np.ndarray) -> tuple[float, float]:
     """Pearson's chi-square for a table of counts (rows: samples, columns: categories, every row
     and column with a positive total) -> (statistic, p-value)."""
     counts = np.asarray(table, dtype=np.float64)
-    expected = np.outer(counts.sum(axis=1), counts.sum(axis=0)) / counts.sum()
+    rows, columns = counts.sum(axis=1), counts.sum(axis=0)
+    if not (rows > 0).all() or not (columns > 0).all():
+        raise ValueError("every row and column of a chi-square table needs a positive total "
+                         "(leave out the categories neither sample has)")
+    expected = np.outer(rows, columns) / counts.sum()
     statistic = float(np.sum((counts - expected) ** 2 / expected))
     dof = (counts.shape[0] - 1) * (counts.shape[1] - 1)
     return statistic, chi_square_survival(statistic, dof)
