@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import aio_pika
 import pytest
 
-from service.queue.broker import dead_letter_names
+from service.queue.rabbitmq import dead_letter_names
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 T = TypeVar("T")

@@ -27,14 +27,14 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from service.monitoring.metrics import CACHE_DEGRADED, CACHE_ENTRIES, CACHE_REQUESTS
+
+if TYPE_CHECKING:  # redis-py is imported where REDIS_URL is set: 9 MiB the embedded default saves
+    from redis.asyncio import Redis
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,6 +51,10 @@ def cache_key(version: str, digit: np.ndarray) -> str:
 def fail_fast_redis(url: str, timeout_s: float) -> Redis:
     """A Redis client that gives up after ``timeout_s``, connecting or answering, and never
     retries: for callers that would rather do without Redis than wait for it."""
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
     return Redis.from_url(
         url,
         socket_timeout=timeout_s,

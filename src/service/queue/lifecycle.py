@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from service.queue.broker import Broker, BrokerUnavailable, InProcessBroker, RabbitBroker
+from service.queue.broker import Broker, BrokerUnavailable, InProcessBroker
 from service.queue.jobs import Job, JobResult, is_inference_id
-from service.queue.results import MemoryResultStore, RedisResultStore, ResultStore
+from service.queue.results import MemoryResultStore, ResultStore
 from service.queue.worker import BatcherPredictor, JobWorker, Predictor
 from service.settings import Settings
 
@@ -46,7 +46,7 @@ class AsyncJobs:
 
     @property
     def mode(self) -> str:
-        return "broker" if isinstance(self.broker, RabbitBroker) else "embedded"
+        return "embedded" if isinstance(self.broker, InProcessBroker) else "broker"
 
     async def submit(self, digit: np.ndarray, model_version: str | None = None) -> str:
         """Queue one validated uint8 [28,28] digit (for ``model_version``, a version or alias;
@@ -87,8 +87,14 @@ class AsyncJobs:
         await self.store.close()
 
 
+# The Redis and RabbitMQ clients are imported only where their URLs are set: together about
+# 12 MiB of the API's memory on the embedded default (docs/benchmarks/overhead.md).
+
+
 def create_store(settings: Settings) -> ResultStore:
     if settings.redis_url:
+        from service.queue.redis_results import RedisResultStore
+
         return RedisResultStore(settings.redis_url, settings.result_ttl_s)
     return MemoryResultStore(settings.result_ttl_s)
 
@@ -101,6 +107,8 @@ async def start_jobs(settings: Settings, predictor: Predictor | None) -> AsyncJo
                 "AMQP_URL is set but REDIS_URL is not: workers store results where every API "
                 "instance can read them, so set REDIS_URL (e.g. redis://127.0.0.1:6379/0)"
             )
+        from service.queue.rabbitmq import RabbitBroker
+
         broker: Broker = RabbitBroker(
             settings.amqp_url, settings.queue_name, dead_letter_ttl_s=settings.dead_letter_ttl_s
         )

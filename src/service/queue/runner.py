@@ -21,8 +21,9 @@ from prometheus_client import start_http_server
 from service.inference.pool import ModelPool
 from service.ml.threads import set_compute_threads
 from service.monitoring import metrics
-from service.queue.broker import BrokerUnavailable, RabbitBroker
-from service.queue.results import RedisResultStore
+from service.queue.broker import BrokerUnavailable
+from service.queue.rabbitmq import RabbitBroker
+from service.queue.redis_results import RedisResultStore
 from service.queue.worker import JobWorker, PoolPredictor
 from service.settings import Settings
 

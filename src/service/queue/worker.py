@@ -32,7 +32,7 @@ import numpy as np
 
 from service.inference.batcher import QueueFull
 from service.monitoring import metrics
-from service.queue.broker import BROKER_ERRORS, Delivery
+from service.queue.broker import BrokerUnavailable, Delivery
 from service.queue.jobs import Job, JobResult, PoisonJob, decode_job, is_inference_id
 from service.queue.results import ResultStore, ResultStoreUnavailable
 
@@ -296,6 +296,6 @@ async def _settle(action: Callable[[], Awaitable[None]]) -> None:
     """Ack/reject; a closed channel means the broker redelivers, which the store makes safe."""
     try:
         await action()
-    except BROKER_ERRORS as exc:
+    except BrokerUnavailable as exc:
         log.warning("could not settle a delivery (%s); it will be redelivered", exc)
 

@@ -12,9 +12,10 @@ import pytest
 from aio_pika.exceptions import ChannelPreconditionFailed
 from support.servers import free_port
 
-from service.queue.broker import BrokerUnavailable, RabbitBroker, dead_letter_names
+from service.queue.broker import BrokerUnavailable
 from service.queue.jobs import Job, JobResult, JobStatus
-from service.queue.results import RedisResultStore
+from service.queue.rabbitmq import RabbitBroker, dead_letter_names
+from service.queue.redis_results import RedisResultStore
 from service.queue.worker import BatchPrediction, JobWorker
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.redis]
@@ -63,6 +64,27 @@ async def test_an_unreachable_broker_refuses_at_once_and_keeps_refusing_quickly(
         await broker.publish(job_for(2))
     assert time.monotonic() - started < 3
     assert not (await broker.status()).ok
+
+
+async def test_a_delivery_settled_after_its_connection_closed_is_redelivered(
+    amqp_url, queue_name
+):
+    broker = RabbitBroker(amqp_url, queue_name)
+    job = job_for(7)
+    await broker.publish(job)
+    try:
+        inbox = await broker.start_consuming(prefetch=1)
+        delivery = await asyncio.wait_for(inbox.get(), timeout=10)
+        await broker.close()  # the channel it came on is gone
+        with pytest.raises(BrokerUnavailable, match="could not settle"):
+            await delivery.ack()
+        broker = RabbitBroker(amqp_url, queue_name)
+        inbox = await broker.start_consuming(prefetch=1)
+        redelivered = await asyncio.wait_for(inbox.get(), timeout=10)
+        assert (redelivered.message_id, redelivered.attempt) == (job.inference_id, 2)
+        await redelivered.ack()
+    finally:
+        await broker.close()
 
 
 @pytest.mark.parametrize(

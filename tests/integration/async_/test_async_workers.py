@@ -19,9 +19,9 @@ from support.rabbitmq import queue_counts
 from support.registry import publish_release
 from support.servers import start_worker, worker_env
 
-from service.queue.broker import RabbitBroker
 from service.queue.jobs import Job, JobResult, JobStatus
-from service.queue.results import RedisResultStore
+from service.queue.rabbitmq import RabbitBroker
+from service.queue.redis_results import RedisResultStore
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.redis, pytest.mark.slow]
 
