@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from service.ml.preprocess import Normalization, normalize_array
+from service.settings import Settings
 
 VERIFICATION_FILE = "verification.safetensors"
 VERIFICATION_FORMAT = "lab2prod-verification/1"
@@ -106,7 +107,7 @@ def compare(
 # of the session, the memory the largest batch it ever ran needed, and batches of 256 when the
 # server verified a variant at start-up kept 26 MiB more than serving ever uses
 # (docs/benchmarks/overhead.md, round 8). Per image, 32 and 256 cost the same.
-VERIFY_BATCH_SIZE = 32
+VERIFY_BATCH_SIZE: int = Settings.model_fields["max_batch_size"].default
 
 
 def predict_all(runtime: Any, inputs: Any, batch_size: int = VERIFY_BATCH_SIZE) -> np.ndarray:

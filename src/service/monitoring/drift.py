@@ -115,8 +115,7 @@ def _classes(name: str, reference_counts: np.ndarray, column: np.ndarray) -> Sig
     table = np.stack([reference_counts, counts[: len(reference_counts)]])
     table = table[:, table.sum(axis=0) > 0]  # a class neither predicted tells nothing
     statistic, p_value = (0.0, 1.0) if table.shape[1] < 2 else chi_square_homogeneity(table)
-    return SignalDrift(name, "chi-square", psi(table[0], table[1]), float(statistic),
-                       float(p_value))
+    return SignalDrift(name, "chi-square", psi(table[0], table[1]), statistic, p_value)
 
 
 def _continuous(name: str, reference: DriftReference, column: np.ndarray) -> SignalDrift:
