@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     )
     runs_dir: Path = Field(Path("runs"), description="Where release runs write their records.")
     notebooks_dir: Path = Field(Path("notebooks"), description="train.ipynb and evaluate.ipynb.")
-    data_dir: Path = Field(Path("data"), description="IDX files for the 'mnist' dataset.")
+    data_dir: Path = Field(
+        Path("data"), description="IDX files for the 'mnist' dataset when no folder is given."
+    )
     release_policy: Path = Field(
         Path("release-policy.yaml"), description="The gate's criteria (versioned in the repo)."
     )

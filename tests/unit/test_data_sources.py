@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from service.ml.data import IDX_FILES, DataError, load_dataset, read_idx, write_idx
+from service.settings import get_settings
 
 
 def _write_tiny_idx(folder: Path, *, gz: bool, train: int = 12, test: int = 6) -> dict:
@@ -43,6 +44,18 @@ def test_mnist_loads_plain_or_gzipped_idx_files_from_the_data_dir(tmp_path, gz):
     np.testing.assert_array_equal(data.test_labels, arrays["test_labels"].astype(np.int64))
     assert data.train_labels.dtype == np.int64
     assert data.describe()["train_size"] == 12 and data.describe()["test_size"] == 6
+
+
+def test_mnist_without_a_folder_reads_the_data_dir_setting(tmp_path, monkeypatch):
+    arrays = _write_tiny_idx(tmp_path / "idx", gz=False)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "idx"))
+    get_settings.cache_clear()
+    try:
+        data = load_dataset("mnist")
+    finally:
+        get_settings.cache_clear()
+    np.testing.assert_array_equal(data.train_images, arrays["train_images"])
+    assert data.describe()["split"]["folder"] == str(tmp_path / "idx")
 
 
 def test_torchvision_layouts_are_found_below_the_data_dir(tmp_path):

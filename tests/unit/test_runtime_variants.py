@@ -14,8 +14,10 @@ from service.inference import export
 from service.inference.loader import load_runtime
 from service.inference.runtime import RuntimeUnavailable, build_runtime, runtime_names
 from service.ml.checkpoint import load_checkpoint, save_checkpoint
+from service.ml.data import IDX_FILES, write_idx
 from service.ml.model import build_model
 from service.ml.preprocess import normalize
+from service.settings import get_settings
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +53,28 @@ def test_int8_export_that_cannot_calibrate_says_how_to_fix_it(tmp_path):
                            extra={"dataset": {"name": "mnist", "split": {"folder": str(tmp_path)}}})
     with pytest.raises(RuntimeUnavailable, match=r"DATA_DIR.*RUNTIME=onnx"):
         load_runtime(path, runtime="onnx-int8", device="cpu")
+
+
+def test_int8_calibration_reads_data_dir_when_the_training_folder_is_not_here(
+    tmp_path, monkeypatch
+):
+    """A model served on another machine: the folder it was trained from is gone, and the
+    calibration digits come from the dataset's default location (DATA_DIR for 'mnist')."""
+    train = np.random.default_rng(5).integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    labels = np.arange(40, dtype=np.uint8) % 10
+    for key, array in (("train_images", train), ("train_labels", labels),
+                       ("test_images", train[:10]), ("test_labels", labels[:10])):
+        write_idx(tmp_path / IDX_FILES[key], array)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        digits = export.calibration_digits(
+            {"dataset": {"name": "mnist", "split": {"folder": str(tmp_path / "gone")}}}, count=8
+        )
+    finally:
+        get_settings.cache_clear()
+    assert digits.shape == (8, 28, 28)
+    assert all(any((digit == image).all() for image in train) for digit in digits)
 
 
 def test_compile_failure_serves_eager_with_a_log_line(trained_checkpoint, monkeypatch, caplog):

