@@ -280,3 +280,12 @@ def test_a_bench_outside_the_project_folder_says_where_to_run_it(tmp_path):
     with pytest.raises(wrk.BenchError, match=r"scripts/baselines is missing: run lab2prod bench "
                                              r"in the project folder"):
         config.validate()
+
+
+def test_check_peers_with_an_unknown_target_names_the_choices(tiny_checkpoint, capsys):
+    from service.cli import main
+
+    status = main(["bench", "--check-peers", "--targets", "tritonn",
+                   "--checkpoint", str(tiny_checkpoint)])
+    assert status == 1
+    assert "unknown targets ['tritonn']; choose from" in capsys.readouterr().err

@@ -143,10 +143,24 @@ def test_each_route_declares_the_statuses_it_answers():
     assert declared["POST /predict"] == {"200", "400", "404", "413", "415", "422", "500", "503"}
     assert declared["POST /predict/batch"] == {"200", "400", "404", "413", "422", "500", "503"}
     assert {"202", "400", "404", "413", "415", "422", "503"} <= declared["POST /classify"]
-    assert {"200", "202", "404", "503"} <= declared["GET /result/{inference_id}"]
+    # an id that is no id is unknown (404): nothing in that route can fail validation
+    assert declared["GET /result/{inference_id}"] == {"200", "202", "404", "503"}
     assert declared["GET /model-info"] == {"200", "304", "404", "422", "503"}
     assert declared["GET /ready"] == {"200", "503"}
     assert declared["GET /drift"] == {"200", "404", "422", "503"}
+
+
+def test_the_admin_operations_declare_their_refusals():
+    whole = document(admin_token="a-token-of-sixteen-chars")
+    declared = {
+        f"{method.upper()} {path}": set(operation["responses"])
+        for path, item in whole["paths"].items() if path.startswith("/admin")
+        for method, operation in item.items()
+    }
+    assert declared["POST /admin/reload"] == {"200", "401", "403", "503"}  # 503: LOAD_MODEL=false
+    assert declared["GET /admin/models"] == {"200", "401", "403", "503"}
+    assert declared["PUT /admin/traffic"] == {"200", "401", "403", "422", "503"}
+    assert declared["GET /admin/traffic"] == {"200", "401", "403"}
 
 
 def test_the_routes_that_answer_with_a_model_take_a_pin_and_name_the_version_that_answered():

@@ -7,7 +7,7 @@ place, so that every ``$ref`` resolves and the document describes this instance:
   so they name their models with ``$ref``s into ``components/schemas`` (``schemas.ref``);
 - what is a setting: BATCH_MAX_ITEMS, and MODEL_NAME in the v2 protocol's paths;
 - the error body of validation errors: errors.py answers them as ``ErrorOut``, not as FastAPI's
-  ``HTTPValidationError``;
+  ``HTTPValidationError``; and no 422 where nothing can fail validation;
 - the ``X-Request-ID`` header, on every answer (observability.RequestContextMiddleware);
 - WebSocket routes, which OpenAPI has no way to describe: each one's protocol (its endpoint's
   docstring) goes into the description at the top of /docs.
@@ -34,6 +34,7 @@ REQUEST_ID = {
     "schema": {"type": "string"},
 }
 FASTAPI_VALIDATION_ERRORS = ("HTTPValidationError", "ValidationError")
+FASTAPI_422 = "Validation Error"  # the description of the 422 FastAPI adds by itself
 METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 
 
@@ -67,6 +68,7 @@ def complete(document: dict[str, Any], app: FastAPI, settings: Settings) -> dict
         schemas[model.__name__] = definition
     schemas[BatchIn.__name__]["properties"]["items"]["maxItems"] = settings.batch_max_items
     _state_v2_settings(document, settings)
+    _drop_validation_errors_nothing_can_cause(document)
     _answer_validation_errors_with_error_out(document)
     for operation in _operations(document):
         for response in operation["responses"].values():
@@ -117,6 +119,22 @@ def _state_v2_settings(document: dict[str, Any], settings: Settings) -> None:
             for parameter in operation.get("parameters", []):
                 if parameter["in"] == "path" and parameter["name"] in path_schemas:
                     parameter["schema"] = path_schemas[parameter["name"]]
+
+
+def _drop_validation_errors_nothing_can_cause(document: dict[str, Any]) -> None:
+    """FastAPI lists a 422 for every operation with a parameter; one whose parameters are all
+    plain strings, with no body, never answers it (GET /result/{inference_id}: an id that is not
+    one is unknown, 404)."""
+    for operation in _operations(document):
+        responses = operation["responses"]
+        if (
+            responses.get("422", {}).get("description") == FASTAPI_422
+            and "requestBody" not in operation
+            and all(set(parameter.get("schema", {})) <= {"type", "title"}
+                    and parameter["schema"].get("type") == "string"
+                    for parameter in operation.get("parameters", []))
+        ):
+            del responses["422"]
 
 
 def _answer_validation_errors_with_error_out(document: dict[str, Any]) -> None:

@@ -124,6 +124,12 @@ class ModelInfoOut(BaseModel):
     runtime_fallbacks: list[dict[str, str]] = Field(
         default_factory=list, description="Variants of the release's chain passed over here, why."
     )
+    architecture: str | None = Field(None, description="The model's architecture, e.g. mnist-cnn.")
+    class_names: list[str] | None = Field(None, description="Class i's name, in output order.")
+    normalization: dict[str, float] | None = Field(
+        None, description="The mean and std inputs are normalised with (the training's)."
+    )
+    weights_sha256: str | None = Field(None, description="SHA-256 of the served weights.")
     card: dict[str, Any] | None = None
 
 

@@ -120,13 +120,12 @@ def _check_peers(args: argparse.Namespace, checkpoint: Path, settings: Any) -> i
     from service.ml.checkpoint import load_checkpoint
 
     config = _config(args, checkpoint, "", settings)
-    same_runtime = [name for name, server in peers.PEER_SERVERS.items()
-                    if server.family == peers.SAME_RUNTIME]
-    wanted = {TARGETS[t][0] for t in (config.targets if args.targets else TARGETS)}
-    servers = [name for name in same_runtime if name in wanted]
 
     def check() -> tuple[Path, list[peer_check.CheckResult]]:
-        config.validate()
+        config.validate()  # first: an unknown target is refused with the choices
+        wanted = {TARGETS[t][0] for t in (config.targets if args.targets else TARGETS)}
+        servers = [name for name, server in peers.PEER_SERVERS.items()
+                   if server.family == peers.SAME_RUNTIME and name in wanted]
         if not servers:
             raise BenchError("--targets holds no same-runtime target; choose from "
                              + ", ".join(t for t in peers.TARGETS

@@ -45,7 +45,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--list", action="store_true", help="list the drills and exit")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead")
     parser.add_argument("--duration", type=_positive,
-                        help="seconds of load per drill (default: each drill's, 20-30 s)")
+                        help="seconds of load per drill (default: each drill's, 10-30 s; "
+                        "big-header sends one header and takes none)")
     parser.add_argument("--rate", type=_positive,
                         help="requests per second (default: each drill's)")
     parser.add_argument("--outage", type=_positive,

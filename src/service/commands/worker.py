@@ -27,7 +27,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--processes", "--concurrency", type=int, default=1, metavar="N",
-        help="worker processes sharing the queue (default 1; e.g. one per GPU)",
+        help="worker processes sharing the queue (default 1; e.g. one per core, each with "
+        "TORCH_THREADS threads; all use DEVICE: for one per GPU, start one per GPU with "
+        "DEVICE=cuda:N)",
     )
     parser.add_argument("--queue", help="queue name (default: QUEUE_NAME)")
     parser.add_argument(

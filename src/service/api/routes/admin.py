@@ -54,7 +54,14 @@ class TrafficIn(BaseModel):
     shadow_percent: float = Field(0.0, ge=0, le=100, description="Share copied to the shadow.")
 
 
-@router.post("/reload", summary="Check the registry's aliases now (instead of at the next poll)")
+NO_MODEL_REFUSAL = {503: "No model on this instance (LOAD_MODEL=false): ask an instance that "
+                    "serves one."}
+
+
+@router.post(
+    "/reload", responses=error_responses(503, descriptions=NO_MODEL_REFUSAL),
+    summary="Check the registry's aliases now (instead of at the next poll)",
+)
 async def reload(pool: PoolDep) -> Response:
     """Loads what followed aliases point at now; says which could not move, and why."""
     failures = await pool.refresh()
@@ -70,7 +77,12 @@ async def get_traffic(router_: RouterDep) -> Response:
 @router.put(
     "/traffic",
     response_model=TrafficIn,
-    responses=error_responses(422, 503),
+    responses=error_responses(422, 503, descriptions={
+        422: "An invalid policy (the message says which field and why), or an alias the "
+        "registry does not have.",
+        503: "A version the policy names cannot be loaded now, the registry is unreachable, or "
+        "this instance has no model (LOAD_MODEL=false); the policy in effect is unchanged.",
+    }),
     summary="Change canary and shadow traffic (validated, loaded, then applied at once)",
 )
 async def put_traffic(body: TrafficIn, pool: PoolDep, router_: RouterDep) -> Response:
@@ -88,7 +100,10 @@ async def put_traffic(body: TrafficIn, pool: PoolDep, router_: RouterDep) -> Res
     return Response(orjson.dumps(policy.as_dict()), media_type=JSON)
 
 
-@router.get("/models", summary="Loaded versions: runtime, memory, inputs served, aliases")
+@router.get(
+    "/models", responses=error_responses(503, descriptions=NO_MODEL_REFUSAL),
+    summary="Loaded versions: runtime, memory, inputs served, aliases",
+)
 async def models(pool: PoolDep) -> Response:
     return Response(orjson.dumps(pool.describe()), media_type=JSON)
 

@@ -109,7 +109,9 @@ STORE_DOWN = "The result store is unreachable; retry after Retry-After seconds."
     response_model=ClassifyAccepted,
     responses={
         202: {"headers": {"Location": LOCATION}, "links": {"result": RESULT_LINK}},
-        **error_responses(400, 404, 413, 415, 422, 500, 503, descriptions={503: NOT_QUEUED}),
+        **error_responses(400, 404, 413, 415, 422, 500, 503, descriptions={
+            500: "A bug (this route runs no model): the log has the details under the request "
+            "id.", 503: NOT_QUEUED}),
     },
     openapi_extra={**PREDICT_REQUEST_DOC, **ROUTING_PARAMETERS},
     summary="Queue one digit for classification; poll GET /result/{inference_id}",

@@ -103,7 +103,13 @@ async def ready(request: Request) -> Response:
     responses={
         200: {"headers": CACHING},
         304: {"description": "Not modified (If-None-Match matched the ETag).", "headers": CACHING},
-        **error_responses(404, 422, 503),
+        **error_responses(404, 422, 503, descriptions={
+            404: "The pinned version or alias does not exist in the registry.",
+            422: "The pin is neither a version (v3) nor an alias name.",
+            503: "The pinned version cannot be loaded now, or the registry is unreachable: "
+            "retry after Retry-After seconds. (Without a model, LOAD_MODEL=false, the answer "
+            "is 200 with loaded: false.)",
+        }),
     },
     openapi_extra={"parameters": [IF_NONE_MATCH, *ROUTING_PARAMETERS["parameters"][:2]]},
     summary="The served model's version and card summary (ETag, Cache-Control)",
