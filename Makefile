@@ -28,12 +28,13 @@ $(MLFLOW_VENV)/bin/mlflow:
 
 mlflow-server: $(MLFLOW_VENV)/bin/mlflow
 
-# Debian packages: Fashion-MNIST (full-size runs, drift tests), wrk (benchmarks) and Chromium
-# (the drawing page's browser test). Needs root or sudo; a failure here is only a warning (the
-# tests that need one of them then fail and say which).
-SYSTEM_PACKAGES := dataset-fashion-mnist wrk chromium
+# Debian packages: Fashion-MNIST (full-size runs, drift tests), wrk and util-linux's taskset
+# (benchmarks) and Chromium (the drawing page's browser test). Needs root or sudo; a failure here
+# is only a warning (the tests that need one of them then fail and say which).
+SYSTEM_PACKAGES := dataset-fashion-mnist wrk util-linux chromium
 system-deps:
-	@if [ ! -d $(FASHION_MNIST) ] || ! command -v wrk >/dev/null || ! command -v chromium >/dev/null; then \
+	@if [ ! -d $(FASHION_MNIST) ] || ! command -v wrk >/dev/null || ! command -v taskset >/dev/null \
+	  || ! command -v chromium >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null) \
 	  || echo "warning: could not install $(SYSTEM_PACKAGES); the tests and benchmarks that need them will say so"; \

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # How the deploy files mark a secret value that must be replaced before use.
@@ -158,6 +158,16 @@ class Settings(BaseSettings):
                              "placeholder-secret); set a real one (`openssl rand -hex 16`) or "
                              "unset it to turn the admin API off")
         return value
+
+    @model_validator(mode="after")
+    def _a_batch_fits_in_the_queue(self) -> Settings:
+        if self.batch_max_items > self.max_queue_size:
+            raise ValueError(
+                f"batch_max_items ({self.batch_max_items}) exceeds max_queue_size "
+                f"({self.max_queue_size}): a batch that large could never be queued; lower "
+                "BATCH_MAX_ITEMS or raise MAX_QUEUE_SIZE"
+            )
+        return self
 
     @field_validator("registry_url")
     @classmethod

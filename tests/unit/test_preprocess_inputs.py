@@ -21,6 +21,7 @@ from service.api.inputs import (
     digit_from_json,
     digit_from_pixels,
     digits_from_batch_json,
+    open_image,
     read_upload,
     single_file_part,
 )
@@ -151,8 +152,7 @@ def png_bomb(side: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunks
 
 
-@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-@pytest.mark.parametrize("side", [10_000, 20_000])  # 100 MP (our limit), 400 MP (Pillow's too)
+@pytest.mark.parametrize("side", [10_000, 20_000])  # 100 MP, 400 MP (past Pillow's own limit)
 def test_a_decompression_bomb_is_refused_from_its_header_before_decoding(side):
     bomb = png_bomb(side)
     assert len(bomb) < 1000, "a few bytes that would decode to gigabytes"
@@ -160,6 +160,15 @@ def test_a_decompression_bomb_is_refused_from_its_header_before_decoding(side):
         digit_from_image(bomb, max_pixels=LIMIT)
     assert refused.value.status_code == 413
     assert "refused before decoding" in refused.value.message
+
+
+def test_max_image_pixels_above_pillows_own_limit_is_honoured():
+    """Pillow refuses headers over 179 MP by itself; MAX_IMAGE_PIXELS decides instead."""
+    image = open_image(png_bomb(14_000), max_pixels=200_000_000)  # 196 MP: the header only
+    assert image.size == (14_000, 14_000)
+    image.close()
+    with pytest.raises(InputError, match=r"the limit is 150000000 \(MAX_IMAGE_PIXELS\)"):
+        open_image(png_bomb(14_000), max_pixels=150_000_000)
 
 
 def test_an_image_over_the_byte_limit_is_413():

@@ -154,9 +154,11 @@ class MicroBatcher(Generic[In, Out]):
     def _check_room(self, count: int) -> None:
         if self._closed or not self._alive():
             raise BatcherClosed(f"the {self.name} batcher is not running")
-        if self.depth + count > self.max_queue_size:
+        depth = self.depth
+        if depth + count > self.max_queue_size:
             raise QueueFull(
-                f"the {self.name} queue is full ({self.max_queue_size} waiting); retry shortly"
+                f"the {self.name} queue is full ({depth} waiting, at most {self.max_queue_size}); "
+                "retry shortly"
             )
 
     async def submit(self, item: In, timeout_s: float | None = None) -> Out:

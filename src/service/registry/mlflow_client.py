@@ -96,9 +96,10 @@ def check_file_store(uri: str) -> None:
     if _local_path(mlflow.get_tracking_uri()) != _local_path(uri):
         raise RegistryError(
             f"REGISTRY_URL=mlflow+{uri} is an MLflow file store, which MLflow 3 reads through "
-            f"MLFLOW_TRACKING_URI: set MLFLOW_TRACKING_URI={uri} as well (and "
-            "MLFLOW_ALLOW_FILE_STORE=true), or move to a database store: `mlflow "
-            "migrate-filestore`, then REGISTRY_URL=mlflow+sqlite:///PATH.db"
+            f"MLFLOW_TRACKING_URI: set MLFLOW_TRACKING_URI={uri} as well, in the environment "
+            "(MLflow reads it there, not from .env; and MLFLOW_ALLOW_FILE_STORE=true), or move "
+            "to a database store: `mlflow migrate-filestore`, then "
+            "REGISTRY_URL=mlflow+sqlite:///PATH.db"
         )
 
 

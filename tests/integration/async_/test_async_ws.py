@@ -107,7 +107,8 @@ async def test_protocol_violations_close_with_a_code_and_reason(registry_dir, fr
 
 
 async def test_an_overloaded_server_closes_1013_try_again_later(registry_dir):
-    settings = dict(registry_url=str(registry_dir), max_queue_size=2, ws_max_in_flight=256)
+    settings = dict(registry_url=str(registry_dir), max_queue_size=2, batch_max_items=2,
+                    ws_max_in_flight=256)
     async with running_server(**settings) as (url, _):
         images, _ = held_out_digits(256)
         frames = [orjson.dumps({"pixels": image.tolist()}).decode() for image in images]

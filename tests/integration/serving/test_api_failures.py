@@ -47,7 +47,7 @@ def pixels(value: int) -> dict:
 
 
 async def test_a_full_queue_answers_503_with_retry_after_and_then_recovers(registry_dir):
-    settings = settings_for(registry_dir, max_batch_size=1, max_queue_size=2)
+    settings = settings_for(registry_dir, max_batch_size=1, max_queue_size=2, batch_max_items=2)
     async with serving(settings) as (app, client):
         runtime = gate(app)
         running = asyncio.ensure_future(client.post("/predict", json=pixels(1)))

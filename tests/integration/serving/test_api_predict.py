@@ -230,6 +230,16 @@ async def test_a_declared_oversized_body_is_refused_before_it_is_read(registry_d
     assert "5002 bytes" in answer.json()["detail"]
 
 
+async def test_an_oversized_upload_is_refused_naming_the_setting_and_its_value(registry_dir):
+    async with serving(settings_for(registry_dir, max_upload_bytes=64_000)) as (_, client):
+        answer = await client.post(
+            "/predict", files={"file": ("d.png", b"\x89PNG" + b"\0" * 200_000, "image/png")}
+        )
+    assert answer.status_code == 413
+    assert "64000 bytes (MAX_UPLOAD_BYTES) plus 65536 of multipart framing" in (
+        answer.json()["detail"]), answer.json()
+
+
 async def test_responses_are_plain_json_bytes_without_a_gzip_wrapper_when_small(registry_dir):
     async with serving(settings_for(registry_dir)) as (_, client):
         answer = await client.post(
