@@ -87,8 +87,8 @@ class AsyncJobs:
         await self.store.close()
 
 
-# The Redis and RabbitMQ clients are imported only where their URLs are set: together about
-# 12 MiB of the API's memory on the embedded default (docs/benchmarks/overhead.md).
+# The Redis and RabbitMQ clients are imported only where their URLs are set: about 10 MiB of
+# the API's memory on the embedded default (docs/benchmarks/overhead.md, round 9).
 
 
 def create_store(settings: Settings) -> ResultStore:

@@ -1,6 +1,6 @@
 """The Redis and RabbitMQ clients are loaded only by a server told to use them: on the embedded
 default (no REDIS_URL, no AMQP_URL) the API answers /predict and runs async jobs without
-importing redis-py or aio-pika, about 12 MiB of its memory (docs/benchmarks/overhead.md).
+importing redis-py or aio-pika, about 10 MiB of its memory (docs/benchmarks/overhead.md).
 
 Each case runs in a fresh interpreter, so that what other tests imported does not count."""
 
