@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 BROKER_ERRORS = (AMQPError, OSError, ConnectionError, asyncio.TimeoutError, RuntimeError)
 DEAD_LETTER_TTL_S: int = Settings.model_fields["dead_letter_ttl_s"].default
 
+
 @dataclass
 class RabbitDelivery:
     message: AbstractIncomingMessage = field(repr=False)
