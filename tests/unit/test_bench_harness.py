@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -285,7 +286,9 @@ def test_a_bench_outside_the_project_folder_says_where_to_run_it(tmp_path):
 def test_check_peers_with_an_unknown_target_names_the_choices(tiny_checkpoint, capsys):
     from service.cli import main
 
+    before = signal.getsignal(signal.SIGTERM)
     status = main(["bench", "--check-peers", "--targets", "tritonn",
                    "--checkpoint", str(tiny_checkpoint)])
     assert status == 1
     assert "unknown targets ['tritonn']; choose from" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before, "the bench left its SIGTERM handler"

@@ -176,8 +176,8 @@ def _serving(args: argparse.Namespace, checkpoint: Path, source: str, settings: 
 def _stoppable(work: Callable[[], Any]) -> tuple[Any, int | None]:
     """(work's result, None), or (None, the exit status) once it failed or was interrupted, the
     reason printed. SIGTERM stops it as Ctrl-C does: every server started is stopped on the
-    way out."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    way out; the handler before it is put back afterwards."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return work(), None
     except BenchError as exc:
@@ -186,6 +186,8 @@ def _stoppable(work: Callable[[], Any]) -> tuple[Any, int | None]:
     except KeyboardInterrupt:
         print("lab2prod bench: interrupted; every server it started is stopped", file=sys.stderr)
         return None, 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupt(signum: int, frame: object) -> None:
