@@ -47,6 +47,23 @@ def test_onnx_int8_stays_close_to_eager_on_real_digits(trained_checkpoint, digit
     assert agree.mean() >= 0.97
 
 
+def test_the_int8_weights_use_seven_bits_so_no_cpu_saturates_their_products(
+    trained_checkpoint, digits, tmp_path
+):
+    """CPUs without VNNI add pairs of uint8 x int8 products in int16: 2 x 255 x 64 fits,
+    2 x 255 x 127 does not (docs/runtime-selection.md)."""
+    import onnx
+    from onnx import numpy_helper
+
+    checkpoint = load_checkpoint(trained_checkpoint)
+    calibration = normalize(digits[0][:64]).numpy()
+    path = export.quantize_onnx(checkpoint, tmp_path / "model.int8.onnx", calibration)
+    weights = [numpy_helper.to_array(tensor) for tensor in onnx.load(str(path)).graph.initializer
+               if tensor.data_type == onnx.TensorProto.INT8]
+    assert weights, "the int8 graph holds int8 weights"
+    assert all(w.min() >= -64 and w.max() <= 64 for w in weights)
+
+
 def test_int8_export_that_cannot_calibrate_says_how_to_fix_it(tmp_path):
     # trained on 'mnist' whose IDX files are not in this folder: no calibration digits
     path = save_checkpoint(tmp_path / "model.safetensors", build_model().eval(),
