@@ -134,14 +134,16 @@ def _with_probabilities(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def quantize_onnx(
-    checkpoint: LoadedCheckpoint, path: str | Path, calibration: np.ndarray
+    checkpoint: LoadedCheckpoint, path: str | Path, calibration: np.ndarray,
+    *, reduce_range: bool = True,
 ) -> Path:
     """Static int8 (QDQ: uint8 activations, int8 per-channel weights), ranges from calibration.
 
     Weights use 7 bits (``reduce_range``): on CPUs without VNNI (AVX2 and older AVX-512) ONNX
     Runtime multiplies uint8 by int8 in pairs summed into int16, which saturates with full-range
-    weights. On one such AMD EPYC, agreement with eager was 0.993 with 8-bit weights and 0.998
-    with 7 (max |dp| 0.40 and 0.03), at the same speed (docs/runtime-selection.md)."""
+    weights (agreement with eager 0.993 with 8 bits, 0.998 with 7 on one such CPU); on CPUs with
+    VNNI the two agree with eager alike, at the same speed (docs/runtime-selection.md).
+    ``reduce_range=False`` (8 bits) is there to measure that again."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -173,7 +175,7 @@ def quantize_onnx(
             quantize_static(
                 str(prepared), str(path), _Reader(), quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                reduce_range=True,
+                reduce_range=reduce_range,
             )
     graph = onnx.load(str(path))
     _stamp(graph, checkpoint, "onnx-int8", calibration_digits=len(calibration))
