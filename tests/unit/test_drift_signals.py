@@ -60,3 +60,37 @@ def test_a_batch_gives_each_digit_its_own_row():
     rows = digit_signals(digits, np.repeat(ONE_HOT, 3, axis=0))
     assert rows.shape == (3, 5) and rows.dtype == np.float32
     assert rows[:, 3].tolist() == [0, 1, 0]
+
+
+def plain_signals(digits: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """The signals by their definitions, with numpy's plain reductions."""
+    lit = digits >= LIT_LEVEL
+    rows, columns = lit.any(axis=2), lit.any(axis=1)
+
+    def extent(mask: np.ndarray) -> np.ndarray:
+        first, last = mask.argmax(axis=1), mask.shape[1] - 1 - mask[:, ::-1].argmax(axis=1)
+        return np.where(mask.any(axis=1), last - first + 1, 0)
+
+    return np.stack([
+        probabilities.argmax(axis=1), probabilities.max(axis=1),
+        digits.reshape(len(digits), -1).mean(axis=1, dtype=np.float32) / 255.0,
+        extent(rows) * extent(columns) / 784, lit.reshape(len(digits), -1).mean(axis=1),
+    ], axis=1).astype(np.float32)
+
+
+def test_the_word_sums_give_exactly_what_the_plain_reductions_give():
+    generator = np.random.default_rng(0)
+    noise = generator.integers(0, 256, (300, 28, 28), dtype=np.uint8)
+    saturated = np.full((2, 28, 28), 255, np.uint8)  # every lane at its largest sum
+    corners = np.zeros((4, 28, 28), np.uint8)
+    corners[0, 0, 0] = corners[1, 27, 27] = corners[2, 0, 27] = corners[3, 27, 0] = LIT_LEVEL
+    sparse = np.where(generator.random((300, 28, 28)) < 0.02, 255, 0).astype(np.uint8)
+    digits = np.concatenate([noise, saturated, corners, sparse])
+    probabilities = generator.dirichlet(np.ones(10), len(digits)).astype(np.float32)
+    assert np.array_equal(digit_signals(digits, probabilities),
+                          plain_signals(digits, probabilities))
+
+
+def test_digits_of_another_size_are_refused():
+    with pytest.raises(ValueError, match=r"\[N, 28, 28\]"):
+        digit_signals(np.zeros((1, 32, 32), np.uint8), ONE_HOT)
