@@ -18,6 +18,7 @@ as a release records one on its evaluation split. Then, with ``monitoring.drift.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import tempfile
 import timeit
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from service.ml.data import load_dataset
 from service.ml.preprocess import normalize
 from service.ml.train import TrainConfig, train
 from service.monitoring.drift import P_ALERT, PSI_ALERT, compare
-from service.monitoring.monitor import VersionDrift
+from service.monitoring.monitor import DriftMonitor
 from service.monitoring.reference import DriftReference
 from service.monitoring.signals import digit_signals
 
@@ -118,17 +119,19 @@ def cost(reference: DriftReference, runtime: EagerRuntime, images: np.ndarray) -
     print("\n## Cost per digit, one thread\n")
     print("| batch | observe (request path) | drain (off it) | eager forward pass |")
     print("|---:|---:|---:|---:|")
+    monitor, loop = DriftMonitor(size=1000), asyncio.new_event_loop()
     for size in (1, 32):
-        tracked = VersionDrift("v1", reference, size=1000)
+        tracked = monitor.track("v1", reference)
+        assert tracked is not None
         batch, rows = images[:size], probabilities[:size]
         observe = per_digit_us(lambda: tracked.observe(batch, rows), size, 2000)  # noqa: B023
-        tracked.drain()
+        loop.run_until_complete(monitor.flush(tracked))
         pending = [(images[i:i + size], probabilities[i:i + size]) for i in range(0, 960, size)]
 
-        def fill_and_drain() -> None:
+        def fill_and_drain() -> None:  # the drain as serving runs it, chunk by chunk
             for digits, found in pending:  # noqa: B023
                 tracked.observe(digits, found)  # noqa: B023
-            tracked.drain()  # noqa: B023
+            loop.run_until_complete(monitor.flush(tracked))  # noqa: B023
 
         drain = per_digit_us(fill_and_drain, 960, 5) - observe
         inputs = normalize(batch)

@@ -5,7 +5,6 @@ in progress."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import numpy as np
@@ -46,20 +45,44 @@ def test_the_request_path_only_keeps_the_batch_and_a_drain_computes_its_signals(
     batch = digits(10)
     tracked.observe(batch, PROBABILITIES)
     assert tracked.rows().shape == (0, 5)  # nothing computed on the request path
-    rows = tracked.drain()
+    rows = tracked.absorb(*tracked.take())
     assert np.array_equal(rows, digit_signals(batch, PROBABILITIES))
     assert np.array_equal(tracked.rows(), rows)
-    assert len(tracked.drain()) == 0  # drained once
+    assert len(tracked.take()[0]) == 0  # taken once
 
 
 def test_more_than_a_window_waiting_drops_the_oldest_batches():
     tracked = VersionDrift("v1", reference(), size=100)
     for level in range(1, 31):  # 300 inputs, batches of 10, each batch its own ink level
         tracked.observe(digits(10, level=level), PROBABILITIES)
-    rows = tracked.drain()
+    rows = tracked.absorb(*tracked.take())
     kept = digit_signals(np.concatenate([digits(10, level) for level in range(21, 31)]),
                          np.tile(PROBABILITIES, (10, 1)))
     assert np.array_equal(rows, kept)  # the latest 100 inputs, the window's worth
+
+
+async def test_a_flush_computes_a_chunk_per_turn_of_the_event_loop_and_keeps_them_all():
+    monitor = DriftMonitor(size=1000)
+    tracked = monitor.track("v1", reference())
+    assert tracked is not None
+    batches = 2 * monitor_module.DRAIN_CHUNK // 10 + 1  # three chunks' worth, the last short
+    for _ in range(batches):
+        tracked.observe(digits(10), PROBABILITIES)
+    turns = 0
+
+    async def ticker() -> None:  # counts the turns the loop gives other tasks meanwhile
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    counting = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    before = turns
+    await monitor.flush(tracked)
+    counting.cancel()
+    assert tracked.rows().shape == (batches * 10, 5)
+    assert turns - before >= 2  # the loop ran other work between the chunks
 
 
 async def test_a_version_without_a_reference_is_not_tracked_and_says_so():
@@ -88,8 +111,8 @@ async def test_an_unreachable_redis_is_stopped_being_called_and_the_local_window
     assert elapsed < 1.0
 
 
-def shared_window(redis_url: str) -> RedisWindows:
-    return RedisWindows(redis_url, namespace="test", size=100, width=5, timeout_s=1.0,
+def shared_window(redis_url: str, size: int = 100) -> RedisWindows:
+    return RedisWindows(redis_url, namespace="test", size=size, width=5, timeout_s=1.0,
                         breaker_failures=3, breaker_reset_s=1.0)
 
 
@@ -97,27 +120,25 @@ async def test_closing_during_a_drain_still_pushes_what_that_drain_took(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setattr(monitor_module, "FLUSH_S", 0.01)
-    monitor = DriftMonitor(size=100, shared=shared_window(redis_url))
+    monitor = DriftMonitor(size=300, shared=shared_window(redis_url, size=300))
     tracked = monitor.track("v1", reference())
     assert tracked is not None
-    taken = threading.Event()
-    drain = tracked.drain
+    taken = asyncio.Event()
+    absorb = tracked.absorb
 
-    def slow_drain() -> np.ndarray:  # the buffer is taken, the push not yet made
-        rows = drain()
-        if len(rows):
-            taken.set()
-            time.sleep(0.3)
-        return rows
+    def first_chunk_then_close(digits: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        taken.set()  # the buffer is taken, a chunk computed, the push not yet made
+        return absorb(digits, probabilities)
 
-    tracked.drain = slow_drain  # type: ignore[method-assign]
-    tracked.observe(digits(50), np.tile(PROBABILITIES, (5, 1)))
+    tracked.absorb = first_chunk_then_close  # type: ignore[method-assign]
+    for _ in range(3):  # 300 digits: three chunks
+        tracked.observe(digits(100), np.tile(PROBABILITIES, (10, 1)))
     monitor.start()
-    assert await asyncio.to_thread(taken.wait, 5)
-    await monitor.close()  # a worker's SIGTERM lands here
-    reader = shared_window(redis_url)
+    await asyncio.wait_for(taken.wait(), 5)
+    await monitor.close()  # a worker's SIGTERM lands here, between two chunks
+    reader = shared_window(redis_url, size=300)
     try:
         rows = await reader.read("v1")
     finally:
         await reader.close()
-    assert rows is not None and len(rows) == 50
+    assert rows is not None and len(rows) == 300  # every chunk pushed

@@ -6,11 +6,13 @@ are not counted).
 The request path only keeps the batch it already has (the uint8 digits and the probability
 rows, no copy) in a bounded buffer, under a lock; nothing is computed there (the cost per
 digit: docs/drift.md). ``DriftMonitor.run``, a task of the API and of each worker, drains the
-buffers every ``FLUSH_S`` off the request path: the signals of everything buffered are computed
-at once in a worker thread, added to the version's in-process window and pushed to its shared
-window in Redis (``monitoring.window``). Every ``REFRESH_S`` each window is compared with its
-reference (``monitoring.drift``) and the ``lab2prod_drift_*`` gauges are set, once the window
-is full; GET /drift does the same for one version on demand.
+buffers every ``FLUSH_S``: the signals of everything buffered are computed ``DRAIN_CHUNK``
+digits a turn of the event loop, each turn about as long as one request, added to the
+version's in-process window, and pushed to its shared window in Redis (``monitoring.window``).
+In one piece, in a worker thread, it took a server's one core for a few milliseconds once a
+second, with every request in flight waiting (docs/drift.md). Every ``REFRESH_S`` each window
+is compared with its reference (``monitoring.drift``) and the ``lab2prod_drift_*`` gauges are
+set, once the window is full; GET /drift does the same for one version on demand.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from service.ml.preprocess import IMAGE_SIDE
 from service.monitoring import metrics
 from service.monitoring.drift import RULE, compare
 from service.monitoring.reference import DriftReference
@@ -34,11 +37,13 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 FLUSH_S = 1.0  # how stale a shared window may be
+DRAIN_CHUNK = 128  # digits whose signals are computed per turn of the event loop
 REFRESH_S = 15.0  # how often the gauges are recomputed: about one Prometheus scrape interval
 
 
 class VersionDrift:
-    """One version's buffer of inputs not yet drained and its in-process window."""
+    """One version's buffer of inputs not yet drained (filled by the inference thread) and its
+    in-process window (read and written on the event loop only)."""
 
     def __init__(self, version: str, reference: DriftReference, size: int) -> None:
         self.version = version
@@ -47,7 +52,6 @@ class VersionDrift:
         self._pending: deque[tuple[np.ndarray, np.ndarray]] = deque()
         self._pending_inputs = 0
         self._pending_lock = threading.Lock()  # the inference thread against the drain
-        self._window_lock = threading.Lock()  # drains and reads, from worker threads
 
     def observe(self, digits: np.ndarray, probabilities: np.ndarray) -> None:
         """Inference thread: keep this batch for the next drain. More than a window's worth
@@ -58,22 +62,24 @@ class VersionDrift:
             while self._pending_inputs - len(self._pending[0][0]) >= self.window.size:
                 self._pending_inputs -= len(self._pending.popleft()[0])
 
-    def drain(self) -> np.ndarray:
-        """Off the request path: the signal rows of the buffered inputs, now also in the
-        in-process window."""
+    def take(self) -> tuple[np.ndarray, np.ndarray]:
+        """The buffered digits and probability rows, oldest first; the buffer starts again."""
         with self._pending_lock:
             batches, self._pending, self._pending_inputs = self._pending, deque(), 0
         if not batches:
-            return np.empty((0, len(SIGNAL_NAMES)), dtype=np.float32)
-        rows = digit_signals(np.concatenate([digits for digits, _ in batches]),
-                             np.concatenate([probabilities for _, probabilities in batches]))
-        with self._window_lock:
-            self.window.extend(rows)
+            return (np.empty((0, IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8),
+                    np.empty((0, 0), dtype=np.float32))
+        return (np.concatenate([digits for digits, _ in batches]),
+                np.concatenate([probabilities for _, probabilities in batches]))
+
+    def absorb(self, digits: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        """The signal rows of these inputs, now also in the in-process window."""
+        rows = digit_signals(digits, probabilities)
+        self.window.extend(rows)
         return rows
 
     def rows(self) -> np.ndarray:
-        with self._window_lock:
-            return self.window.rows()
+        return self.window.rows()
 
 
 class DriftMonitor:
@@ -113,9 +119,16 @@ class DriftMonitor:
                 metrics.DRIFT_PSI.remove(version, signal)
 
     async def flush(self, tracked: VersionDrift) -> None:
-        rows = await asyncio.to_thread(tracked.drain)
-        if len(rows) and self.shared is not None:
-            await self.shared.push(tracked.version, rows)  # not taken: the local window has them
+        """What ``tracked`` buffered, into its windows, a ``DRAIN_CHUNK`` a turn of the loop."""
+        digits, probabilities = tracked.take()
+        pieces = []
+        for start in range(0, len(digits), DRAIN_CHUNK):
+            if start:
+                await asyncio.sleep(0)  # the requests that became ready meanwhile go first
+            end = start + DRAIN_CHUNK
+            pieces.append(tracked.absorb(digits[start:end], probabilities[start:end]))
+        if pieces and self.shared is not None:  # not taken: the local window has them
+            await self.shared.push(tracked.version, np.concatenate(pieces))
 
     async def report(self, version: str) -> dict[str, Any]:
         """GET /drift's answer for a loaded version: its window against its reference now."""
@@ -128,7 +141,7 @@ class DriftMonitor:
         rows = await self.shared.read(version) if self.shared is not None else None
         shared = rows is not None
         if rows is None:
-            rows = await asyncio.to_thread(tracked.rows)
+            rows = tracked.rows()  # a copy of a window: less than a thread's hand-off
         report = await asyncio.to_thread(compare, tracked.reference, rows, self.size)
         if report.full:
             for signal in report.signals:
