@@ -52,7 +52,7 @@ def digit_signals(digits: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     The pixel counts are sums of bytes in machine words (0/1 bytes for lit pixels, levels for
     ink), with every byte's running total kept below its lane's limit. numpy's own reductions
     over a digit's 28-pixel rows pay a fixed cost per row; these whole-array adds cost a
-    quarter as much (docs/drift.md), and give the same numbers (tests/unit check it)."""
+    third as much (docs/drift.md), and give the same numbers (tests/unit check it)."""
     count, height, width = digits.shape
     if (height, width) != (IMAGE_SIDE, IMAGE_SIDE):
         raise ValueError(f"digits must be [N, {IMAGE_SIDE}, {IMAGE_SIDE}], got {digits.shape}")
@@ -85,9 +85,9 @@ _BYTE = np.uint64(8)
 
 
 def _sum_words(words: np.ndarray, axis: int) -> np.ndarray:
-    """Sum along a short ``axis`` (1 or 2 of [N,28,7]) with whole-array adds, in the memory
-    order that keeps each add one long run: halves for the rows, word by word for the columns
-    of words (removes the axis)."""
+    """Sum [N,28,7] words along a short ``axis`` with whole-array adds, in the order that keeps
+    each add one long run: a row's 7 words (axis 2) one by one, the 28 rows (axis 1) by folding
+    halves. The axis is removed."""
     if axis == 2:
         total = words[..., 0].copy()
         for index in range(1, words.shape[2]):
