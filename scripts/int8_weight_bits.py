@@ -19,36 +19,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from service.inference.export import INPUT_NAME, calibration_digits, quantize_onnx
-from service.inference.runtime import EagerRuntime
+from service.inference.export import calibration_digits, quantize_onnx
+from service.inference.runtime import EagerRuntime, OnnxRuntime, onnx_session
 from service.inference.verification import compare, predict_all
 from service.ml.checkpoint import load_checkpoint
 from service.ml.data import load_dataset
+from service.ml.device import Device
 from service.ml.preprocess import normalize_array
+from service.ml.threads import set_compute_threads
 from service.provenance import cpu_description
 
 BATCH = 32
 WEIGHT_BITS = {"8-bit": False, "7-bit": True}  # label -> reduce_range
 
 
-class _Session:
-    """One ONNX Runtime session on one thread, with the runtimes' predict_proba."""
-
-    def __init__(self, path: Path) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options,
-                                            providers=["CPUExecutionProvider"])
-
-    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {INPUT_NAME: np.asarray(batch, dtype=np.float32)})[0]
-
-
-def images_per_second(sessions: dict[str, _Session], inputs: np.ndarray,
+def images_per_second(sessions: dict[str, OnnxRuntime], inputs: np.ndarray,
                       rounds: int) -> dict[str, float]:
     """Median images/s at batch 32 per variant, the variants taking turns round by round."""
     batches = [np.ascontiguousarray(inputs[start:start + BATCH])
@@ -80,7 +66,7 @@ def measure(checkpoint_path: Path, rounds: int, work: Path) -> None:
     for label, reduce_range in WEIGHT_BITS.items():
         path = work / f"{checkpoint_path.parent.name}.{label}.onnx"
         quantize_onnx(checkpoint, path, calibration, reduce_range=reduce_range)
-        sessions[label] = _Session(path)
+        sessions[label] = onnx_session(path, Device("cpu"), "onnx-int8")
     speeds = images_per_second(sessions, inputs, rounds)
     for label, session in sessions.items():
         agreement = compare(eager, predict_all(session, inputs), dataset.test_labels)
@@ -93,6 +79,7 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="+", type=Path, help="model.safetensors files")
     parser.add_argument("--rounds", type=int, default=6, help="interleaved timing rounds")
     args = parser.parse_args()
+    set_compute_threads(1)  # eager and the sessions: one thread, as serving runs the model
     print(f"CPU: {cpu_description()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="lab2prod-bits-") as work:
         for path in args.checkpoints:

@@ -242,7 +242,7 @@ def _build_onnx(checkpoint: LoadedCheckpoint, device: DeviceLike) -> Runtime:
     from service.inference import export
 
     path = export.ensure_artifact(checkpoint, "onnx")
-    return _onnx_session(path, device, "onnx")
+    return onnx_session(path, device, "onnx")
 
 
 @register_runtime(
@@ -253,10 +253,10 @@ def _build_onnx_int8(checkpoint: LoadedCheckpoint, device: DeviceLike) -> Runtim
     from service.inference import export
 
     path = export.ensure_artifact(checkpoint, "onnx-int8")
-    return _onnx_session(path, device, "onnx-int8")
+    return onnx_session(path, device, "onnx-int8")
 
 
-def _onnx_session(path: Path, device: DeviceLike, name: str) -> OnnxRuntime:
+def onnx_session(path: Path, device: DeviceLike, name: str) -> OnnxRuntime:
     try:
         import onnxruntime as ort
     except ImportError as exc:
