@@ -257,6 +257,8 @@ def _build_onnx_int8(checkpoint: LoadedCheckpoint, device: DeviceLike) -> Runtim
 
 
 def onnx_session(path: Path, device: DeviceLike, name: str) -> OnnxRuntime:
+    """An ONNX graph as serving runs it: TORCH_THREADS intra-op threads, sequential, every graph
+    optimisation, CUDA when ``device`` is (scripts that measure a graph open it here too)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
