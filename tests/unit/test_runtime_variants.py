@@ -43,7 +43,7 @@ def test_onnx_int8_stays_close_to_eager_on_real_digits(trained_checkpoint, digit
     eager = load_runtime(trained_checkpoint, runtime="eager", device="cpu").runtime
     quantized = load_runtime(trained_checkpoint, runtime="onnx-int8", device="cpu").runtime
     agree = eager.predict_proba(images).argmax(1) == quantized.predict_proba(images).argmax(1)
-    assert quantized.name == "onnx-int8" and quantized.artifact.name.endswith(".int8.onnx")
+    assert quantized.name == "onnx-int8" and quantized.artifact.name.endswith(".int8-w7.onnx")
     assert agree.mean() >= 0.97
 
 
@@ -58,7 +58,7 @@ def test_the_int8_weights_use_seven_bits_so_no_cpu_saturates_their_products(
     checkpoint = load_checkpoint(trained_checkpoint)
     calibration = normalize(digits[0][:64]).numpy()
 
-    def int8_weights(**options: bool) -> list[np.ndarray]:
+    def int8_weights(**options: int) -> list[np.ndarray]:
         path = export.quantize_onnx(checkpoint, tmp_path / "model.int8.onnx", calibration,
                                     **options)
         return [numpy_helper.to_array(tensor) for tensor in onnx.load(str(path)).graph.initializer
@@ -68,7 +68,7 @@ def test_the_int8_weights_use_seven_bits_so_no_cpu_saturates_their_products(
     assert weights, "the int8 graph holds int8 weights"
     assert all(w.min() >= -64 and w.max() <= 64 for w in weights)
     # 8 bits, kept for measuring the two on a CPU (scripts/int8_weight_bits.py), use the range
-    assert max(int(np.abs(w).max()) for w in int8_weights(reduce_range=False)) == 127
+    assert max(int(np.abs(w).max()) for w in int8_weights(weight_bits=8)) == 127
 
 
 def test_int8_export_that_cannot_calibrate_says_how_to_fix_it(tmp_path):
@@ -135,6 +135,33 @@ def test_artifact_is_named_by_the_weights_and_reused(tmp_path):
     other = export.ensure_artifact(load_checkpoint(second), "onnx")
     assert other.name != path.name
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_an_int8_file_of_an_older_recipe_is_passed_over_and_the_current_one_built(
+    trained_checkpoint, tmp_path
+):
+    """Int8 files before 7-bit weights were named ``.int8.onnx``: a folder that still holds one
+    (a version published then) gets the current recipe's file beside it, stamped with its bits."""
+    import onnx
+
+    checkpoint_path = tmp_path / "model.safetensors"
+    checkpoint_path.write_bytes(trained_checkpoint.read_bytes())
+    checkpoint = load_checkpoint(checkpoint_path)
+    digest = str(checkpoint.metadata["weights_sha256"]).removeprefix("sha256:")[:12]
+    old_recipe = tmp_path / f"model.{digest}.int8.onnx"
+    old_recipe.write_bytes(b"8-bit weights")
+
+    built = export.ensure_artifact(checkpoint, "onnx-int8")
+    assert built.name == f"model.{digest}.int8-w7.onnx" and built.parent == tmp_path
+    stamps = {entry.key: entry.value for entry in onnx.load(str(built)).metadata_props}
+    assert stamps["lab2prod.variant"] == "onnx-int8" and stamps["lab2prod.weight_bits"] == "7"
+    assert old_recipe.read_bytes() == b"8-bit weights", "the older file is left as it was"
+
+
+def test_int8_weights_have_seven_or_eight_bits(trained_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="7 or 8 bits, not 6"):
+        export.quantize_onnx(load_checkpoint(trained_checkpoint), tmp_path / "m.onnx",
+                             np.zeros((1, 1, 28, 28), np.float32), weight_bits=6)
 
 
 def test_a_published_version_is_never_written_to_artefacts_go_to_a_cache(tmp_path):

@@ -1,12 +1,13 @@
 """Exported runtime artefacts (ONNX graphs): export, quantize, and find them for a checkpoint.
 
-Artefacts live next to the checkpoint they came from and are named by its weights checksum
-(``model.3f2a9c1d04b7.int8.onnx``), so a file that exists is the right one: a new checkpoint
-gets a new name, and several workers building the same file at once write the same bytes
-(each to a temporary file, then an atomic rename). The release's serving checks build them in
-the run folder and ``lab2prod release`` publishes them with the version; a published version is
-loaded read-only, so a missing artefact (a version published without one) is built in a cache
-folder under the system temp directory, as it is when the folder is not writable.
+Artefacts live next to the checkpoint they came from and are named by its weights checksum and, for
+int8, the quantization recipe (``model.3f2a9c1d04b7.int8-w7.onnx``), so a file that exists is the
+right one: a new checkpoint or a new recipe gets a new name (a file of an older recipe is left
+alone and a new one built), and several workers building the same file at once write the same bytes
+(each to a temporary file, then an atomic rename). The release's serving checks build them in the
+run folder and ``lab2prod release`` publishes them with the version; a published version is loaded
+read-only, so a missing artefact (a version published without one) is built in a cache folder under
+the system temp directory, as it is when the folder is not writable.
 
 Whether an exported variant answers like eager is measured elsewhere (``inference.selection`` at
 release, ``inference.verification`` where it serves).
@@ -34,7 +35,10 @@ if TYPE_CHECKING:  # finding an artefact needs no torch; exporting one imports i
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_SUFFIXES = {"onnx": ".onnx", "onnx-int8": ".int8.onnx"}
+# The int8 recipe: 7-bit weights (see quantize_onnx). Files of the 8-bit recipe before it were
+# named ``.int8.onnx``; on CPUs without VNNI they answer further from eager.
+INT8_WEIGHT_BITS = 7
+ARTIFACT_SUFFIXES = {"onnx": ".onnx", "onnx-int8": f".int8-w{INT8_WEIGHT_BITS}.onnx"}
 INPUT_NAME, OUTPUT_NAME = "digits", "probabilities"
 ONNX_OPSET = 17
 CALIBRATION_DIGITS = 256
@@ -135,15 +139,17 @@ def _with_probabilities(model: torch.nn.Module) -> torch.nn.Module:
 
 def quantize_onnx(
     checkpoint: LoadedCheckpoint, path: str | Path, calibration: np.ndarray,
-    *, reduce_range: bool = True,
+    *, weight_bits: int = INT8_WEIGHT_BITS,
 ) -> Path:
     """Static int8 (QDQ: uint8 activations, int8 per-channel weights), ranges from calibration.
 
-    Weights use 7 bits (``reduce_range``): on CPUs without VNNI (AVX2 and older AVX-512) ONNX
-    Runtime multiplies uint8 by int8 in pairs summed into int16, which saturates with full-range
-    weights (agreement with eager 0.993 with 8 bits, 0.998 with 7 on one such CPU); on CPUs with
-    VNNI the two agree with eager alike, at the same speed (docs/runtime-selection.md).
-    ``reduce_range=False`` (8 bits) is there to measure that again."""
+    Weights use 7 bits (ONNX Runtime's ``reduce_range``): on CPUs without VNNI (AVX2 and older
+    AVX-512) ONNX Runtime multiplies uint8 by int8 in pairs summed into int16, which saturates with
+    full-range weights (agreement with eager 0.993 with 8 bits, 0.998 with 7 on one such CPU); on
+    CPUs with VNNI the two agree with eager alike, at the same speed (docs/runtime-selection.md).
+    ``weight_bits=8`` is there to measure that again."""
+    if weight_bits not in (7, 8):
+        raise ValueError(f"int8 weights use 7 or 8 bits, not {weight_bits}")
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -175,10 +181,11 @@ def quantize_onnx(
             quantize_static(
                 str(prepared), str(path), _Reader(), quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                reduce_range=reduce_range,
+                reduce_range=weight_bits == 7,
             )
     graph = onnx.load(str(path))
-    _stamp(graph, checkpoint, "onnx-int8", calibration_digits=len(calibration))
+    _stamp(graph, checkpoint, "onnx-int8", calibration_digits=len(calibration),
+           weight_bits=weight_bits)
     onnx.save(graph, str(path))
     return path
 
