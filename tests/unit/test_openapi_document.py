@@ -148,6 +148,10 @@ def test_each_route_declares_the_statuses_it_answers():
     assert declared["GET /model-info"] == {"200", "304", "404", "422", "503"}
     assert declared["GET /ready"] == {"200", "503"}
     assert declared["GET /drift"] == {"200", "404", "422", "503"}
+    # the v2 paths' names are plain strings too: an unknown model or version is 404; a bad
+    # inference request is 400, as the protocol says
+    assert declared["GET /v2/models/{model}/versions/{version}/ready"] == {"200", "404", "503"}
+    assert "422" not in declared["POST /v2/models/{model}/infer"]
 
 
 def test_the_admin_operations_declare_their_refusals():

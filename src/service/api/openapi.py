@@ -67,8 +67,10 @@ def complete(document: dict[str, Any], app: FastAPI, settings: Settings) -> dict
         schemas.update(definition.pop("$defs", {}))
         schemas[model.__name__] = definition
     schemas[BatchIn.__name__]["properties"]["items"]["maxItems"] = settings.batch_max_items
-    _state_v2_settings(document, settings)
+    # Before the v2 paths' parameters get their instance's schemas: until then they are the plain
+    # strings FastAPI sees (and never refuses).
     _drop_validation_errors_nothing_can_cause(document)
+    _state_v2_settings(document, settings)
     _answer_validation_errors_with_error_out(document)
     for operation in _operations(document):
         for response in operation["responses"].values():
@@ -102,9 +104,7 @@ def websocket_docs(app: FastAPI) -> str:
 
 
 def _state_v2_settings(document: dict[str, Any], settings: Settings) -> None:
-    """The v2 paths name this instance's model, and its shapes its largest batch. Their path
-    parameters are plain strings that FastAPI never refuses (an unknown name is 404), so their
-    operations have no 422."""
+    """The v2 paths name this instance's model, and its shapes its largest batch."""
     for shape in document["components"]["schemas"][V2ShapeIn.__name__]["anyOf"]:
         shape["prefixItems"][0]["maximum"] = settings.batch_max_items
     path_schemas = {"model": {"type": "string", "enum": [settings.model_name]},
@@ -115,7 +115,6 @@ def _state_v2_settings(document: dict[str, Any], settings: Settings) -> None:
         for method, operation in path_item.items():
             if method not in METHODS:
                 continue
-            operation["responses"].pop("422", None)
             for parameter in operation.get("parameters", []):
                 if parameter["in"] == "path" and parameter["name"] in path_schemas:
                     parameter["schema"] = path_schemas[parameter["name"]]
@@ -123,8 +122,8 @@ def _state_v2_settings(document: dict[str, Any], settings: Settings) -> None:
 
 def _drop_validation_errors_nothing_can_cause(document: dict[str, Any]) -> None:
     """FastAPI lists a 422 for every operation with a parameter; one whose parameters are all
-    plain strings, with no body, never answers it (GET /result/{inference_id}: an id that is not
-    one is unknown, 404)."""
+    plain strings, with no body, never answers it (GET /result/{inference_id} and the v2 paths:
+    an id or a name that is not one is unknown, 404)."""
     for operation in _operations(document):
         responses = operation["responses"]
         if (
