@@ -2,13 +2,15 @@
 
 ``--processes N`` (alias ``--concurrency``) starts N worker processes that share the queue;
 this process then only forwards SIGTERM/SIGINT to them and waits. With a metrics port set,
-process i serves Prometheus metrics on port + i.
+process i serves Prometheus metrics on port + i. On a machine with several GPUs, DEVICE=auto
+or cuda puts process i on GPU i mod the number of GPUs (DEVICE=cuda:N or cpu: all on that one).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -28,8 +30,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--processes", "--concurrency", type=int, default=1, metavar="N",
         help="worker processes sharing the queue (default 1; e.g. one per core, each with "
-        "TORCH_THREADS threads; all use DEVICE: for one per GPU, start one per GPU with "
-        "DEVICE=cuda:N)",
+        "TORCH_THREADS threads, or one per GPU: with DEVICE=auto or cuda, process i uses GPU "
+        "i mod the GPUs there are; DEVICE=cuda:N or cpu puts them all on that device)",
     )
     parser.add_argument("--queue", help="queue name (default: QUEUE_NAME)")
     parser.add_argument(
@@ -65,12 +67,16 @@ def run(args: argparse.Namespace) -> int:
 def _supervise(processes: int, settings: Settings) -> int:
     """Start the children and forward stop signals. If one dies on its own, stop the others
     too and exit with its code, so whatever supervises this command restarts the whole group."""
+    from service.ml.device import cuda_device_count
+
+    devices = devices_per_process(settings.device, processes, cuda_device_count())
     children = []
-    for index in range(processes):
+    for index, device in enumerate(devices):
         command = [sys.executable, "-m", "service.cli", "worker", "--queue", settings.queue_name]
         port = settings.worker_metrics_port
         command += ["--metrics-port", str(port + index if port else 0)]
-        children.append(subprocess.Popen(command))
+        environment = {**os.environ, "DEVICE": device} if device else None
+        children.append(subprocess.Popen(command, env=environment))
     stopping = False
 
     def stop_all(*_: object) -> None:
@@ -89,3 +95,12 @@ def _supervise(processes: int, settings: Settings) -> int:
         time.sleep(0.2)
     worst = max((child.returncode for child in children), key=abs)
     return 128 - worst if worst < 0 else worst  # killed by signal N: the shell's 128 + N
+
+
+def devices_per_process(requested: str, processes: int, gpus: int) -> list[str | None]:
+    """The DEVICE of each worker process: with several GPUs, 'auto' and 'cuda' go round them
+    (process i on ``cuda:{i mod gpus}``); None keeps the setting as it is (a named device, the
+    CPU, one GPU or none)."""
+    if gpus < 2 or requested.strip().lower() not in ("auto", "cuda"):
+        return [None] * processes
+    return [f"cuda:{index % gpus}" for index in range(processes)]

@@ -68,6 +68,15 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def cuda_device_count() -> int:
+    """How many CUDA devices torch can use here (0 without a driver, torch not imported then)."""
+    if not cuda_available():
+        return 0
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
 @functools.cache
 def _cuda_driver_present() -> bool:
     try:
