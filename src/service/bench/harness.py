@@ -41,6 +41,7 @@ from service.bench import bodies as bodies_module
 from service.bench import limits, peers, wrk
 from service.bench.servers import Server, ServerSpec, free_port, python_command, stop_all
 from service.bench.wrk import BenchError
+from service.provenance import cpu_description
 
 log = logging.getLogger(__name__)
 
@@ -537,7 +538,7 @@ def _context(config: BenchConfig, started: float, note: str) -> dict[str, Any]:
 
     import torch
 
-    load = os.getloadavg()
+    load, cpu = os.getloadavg(), cpu_description()
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "wall_s": round(time.time() - started, 1),
@@ -546,21 +547,13 @@ def _context(config: BenchConfig, started: float, note: str) -> dict[str, Any]:
         "concurrencies": config.concurrencies, "targets": config.targets,
         "server_cpu": config.server_cpu, "client_cpu": config.client_cpu,
         "distinct_bodies": config.distinct, "miss_cache_size": MISS_CACHE_SIZE,
-        "machine": f"{_cpu_model() or platform.machine()}, {os.cpu_count()} CPUs",
+        # the int8 kernel features too: the model's cost, and so every ratio, turns on them
+        "machine": f"{cpu['model']} ({', '.join(cpu['features']) or 'no int8 features'}), "
+        f"{os.cpu_count()} CPUs",
         "python": platform.python_version(), "torch": torch.__version__,
         "load_average_at_end": [round(value, 2) for value in load],
         "note": note,
     }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 # --- aggregation ------------------------------------------------------------------------------
