@@ -140,8 +140,9 @@ def test_artifact_is_named_by_the_weights_and_reused(tmp_path):
 def test_an_int8_file_of_an_older_recipe_is_passed_over_and_the_current_one_built(
     trained_checkpoint, tmp_path
 ):
-    """Int8 files before 7-bit weights were named ``.int8.onnx``: a folder that still holds one
-    (a version published then) gets the current recipe's file beside it, stamped with its bits."""
+    """Int8 files before 7-bit weights were named ``.int8.onnx``: a run folder that still holds
+    one gets the current recipe's file beside it, stamped with its bits (a published version's
+    goes to the artefact cache, as any artefact it lacks does)."""
     import onnx
 
     checkpoint_path = tmp_path / "model.safetensors"
