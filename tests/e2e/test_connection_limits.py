@@ -139,7 +139,7 @@ def test_at_the_cap_the_longest_idle_keep_alive_connection_is_closed_for_a_new_o
 ):
     with contextlib.ExitStack() as stack:
         idle = [stack.enter_context(connect(capped.url)) for _ in range(CAP)]
-        for sock in idle:  # one request each, then quiet (within the 5 s keep-alive)
+        for sock in idle:  # one request each, then quiet (well within KEEP_ALIVE_TIMEOUT_S)
             sock.sendall(request_head("GET", "/health"))
             assert read_answer(sock).status == 200
         assert predicts(capped) == 200

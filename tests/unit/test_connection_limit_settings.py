@@ -1,14 +1,17 @@
 """How many connections a serving process holds (MAX_CONNECTIONS), and the settings that bound
-a connection: 0 derives the cap from the open-file limit, keeping a quarter for the rest."""
+a connection: 0 derives the cap from the open-file limit, keeping a quarter for the rest; an
+idle one is kept for KEEP_ALIVE_TIMEOUT_S."""
 
 from __future__ import annotations
 
 import resource
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
 from service.api.protocol import MIN_CONNECTIONS, ConnectionLimits, connection_limit
+from service.commands.serve import uvicorn_options
 from service.settings import Settings
 
 
@@ -54,8 +57,20 @@ def test_the_defaults_are_ten_seconds_64_kib_and_derived():
         10.0, 64 * 1024, 0)
 
 
+def test_idle_connections_are_kept_for_keep_alive_timeout():
+    assert uvicorn_options(Settings(keep_alive_timeout_s=12.5))["timeout_keep_alive"] == 12.5
+
+
+def test_by_default_clients_and_proxies_close_an_idle_connection_before_the_server():
+    # httpx's own expiry; 60 s: nginx's upstream keepalive_timeout, an AWS load balancer's idle
+    # timeout (docs/hardening.md#idle-connections-keep-alive)
+    client_side = max(httpx.Limits().keepalive_expiry or 0, 60)
+    assert Settings().keep_alive_timeout_s > client_side
+
+
 @pytest.mark.parametrize("field, value", [
     ("header_timeout_s", 0), ("max_header_bytes", 100), ("max_connections", -1),
+    ("keep_alive_timeout_s", 0),
 ])
 def test_settings_refuse_limits_that_would_break_serving(field: str, value: float):
     with pytest.raises(ValidationError, match=field):

@@ -3,7 +3,7 @@
 - **Header time.** A connection's request line and headers must arrive within HEADER_TIMEOUT_S,
   counted from the accept (or, on a keep-alive connection, from the next request's first byte):
   bytes trickling in do not extend it. Late ones are answered ``408`` and closed. Idle keep-alive
-  time between requests stays uvicorn's ``timeout_keep_alive``.
+  time between requests is uvicorn's ``timeout_keep_alive`` (KEEP_ALIVE_TIMEOUT_S).
 - **Header size.** Request line plus headers larger than MAX_HEADER_BYTES are answered ``431``
   and closed; the parser is never fed past the budget (httptools buffers a header until its end,
   so an endless header would otherwise grow memory without bound).

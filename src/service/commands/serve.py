@@ -8,7 +8,7 @@ REDIS_URL, MAX_BATCH_SIZE, TORCH_THREADS, ACCESS_LOG, LOAD_MODEL, DRAIN_GRACE_S,
 SIGTERM drains first (DRAIN_GRACE_S: /ready says 503 'draining', answers close their
 connections), then stops; SIGINT stops at once. With --workers N each worker drains.
 Each connection is bounded (service.api.protocol): HEADER_TIMEOUT_S, MAX_HEADER_BYTES,
-MAX_CONNECTIONS per process.
+MAX_CONNECTIONS per process; an idle kept-alive one closes after KEEP_ALIVE_TIMEOUT_S.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "log_config": None,  # our JSON logging, configured by create_app
         "log_level": settings.log_level,
         "server_header": False,
+        "timeout_keep_alive": settings.keep_alive_timeout_s,  # docs/hardening.md#keep-alive
         # after the drain's grace (SIGTERM; service.api.drain): in-flight requests get this long
         "timeout_graceful_shutdown": IN_FLIGHT_TIMEOUT_S,
     }
