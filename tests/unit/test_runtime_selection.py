@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from service.inference import selection
 from service.inference.loader import RuntimeRejected, load_runtime
 from service.inference.runtime import AUTO_PREFERENCE_CPU, selectable_variants
 from service.inference.selection import select_runtime
@@ -127,6 +128,28 @@ def test_a_variant_that_cannot_be_built_is_listed_as_unavailable_with_the_reason
     variant = selection.measured("onnx-int8")
     assert variant.status == "unavailable" and "calibrates on training digits" in variant.reasons[0]
     assert "onnx-int8" not in selection.chain and selection.chain[-1] == "eager"
+
+
+class BusySpellRuntime:
+    """A runtime whose calls take 1 ms on ``clock``, 4 ms while the machine is busy (the
+    clock's first ``busy_until_s``): a shared machine's noisy spell, made repeatable."""
+
+    def __init__(self, clock: list[float], busy_until_s: float) -> None:
+        self.clock, self.busy_until_s = clock, busy_until_s
+
+    def predict_proba(self, batch: torch.Tensor) -> None:
+        self.clock[0] += 0.004 if self.clock[0] < self.busy_until_s else 0.001
+
+
+def test_the_variants_take_turns_so_a_busy_spell_slows_them_all_alike():
+    # Two equally fast variants, timed 0.4 s per batch size each (1.6 s in all), the machine
+    # busy for the first 0.4 s: timed one after the other, the first would measure 4x slower.
+    clock = [0.0]
+    runtimes = {name: BusySpellRuntime(clock, busy_until_s=0.4) for name in ("first", "second")}
+    inputs = torch.zeros(64, 1, 28, 28)
+    speeds = selection._images_per_second(runtimes, inputs, seconds=0.4,
+                                          clock=lambda: clock[0])
+    assert speeds["first"] == speeds["second"] == {"batch_1": 1000.0, "batch_32": 32000.0}
 
 
 def test_the_selection_is_recorded_as_plain_json(measured):

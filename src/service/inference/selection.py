@@ -3,7 +3,9 @@ that answers like eager chosen.
 
 For one checkpoint, on the evaluation digits and the device and thread count serving will use,
 each variant that builds here is run against eager PyTorch (agreement, accuracy drop, largest
-probability difference: ``verification.compare``) and timed at batch 1 and 32. The variants that
+probability difference: ``verification.compare``) and timed at batch 1 and 32, the variants
+taking turns in SPEED_ROUNDS rounds so that a busy spell of a shared machine slows them all
+alike instead of whichever was being timed (docs/runtime-selection.md). The variants that
 meet the policy's bars, fastest at batch 32 first, form the *chain*: the choice and, behind it,
 what serving falls back to when a variant misses on its own machine. Eager always qualifies (it
 is the reference), so the chain always ends with a runtime that serves. A variant that misses or
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -40,6 +43,8 @@ log = logging.getLogger(__name__)
 Status = Literal["qualifies", "misses", "unavailable"]
 SPEED_BATCHES = (1, 32)
 SPEED_SECONDS = 0.4  # of calls per variant and batch size: medians settle well within this
+SPEED_ROUNDS = 8  # turns the variants take within those seconds
+MIN_CALLS = 10  # per variant and batch size, however short the seconds
 
 
 @dataclass
@@ -142,8 +147,17 @@ def select_runtime(
     try:
         inputs = normalize(images, checkpoint.normalization)
         reference = predict_all(EagerRuntime(checkpoint.model, device), inputs)
-        variants = [_measure(checkpoint, name, device, inputs, reference, labels, criteria,
-                             seconds) for name in names]
+        built = [_build_and_compare(checkpoint, name, device, inputs, reference, labels,
+                                    criteria) for name in names]
+        runtimes = {variant.name: runtime for variant, runtime in built if runtime is not None}
+        speeds = _images_per_second(runtimes, inputs, seconds)
+        variants = [variant for variant, _ in built]
+        for variant in variants:
+            if variant.name in speeds:
+                variant.images_per_s = speeds[variant.name]
+                log.info("runtime %s: %s; %s images/s at batch 32", variant.name,
+                         variant.agreement.summary() if variant.agreement else "",
+                         f"{variant.speed:,.0f}")
     finally:
         torch.set_num_threads(previous_threads)
     selection = RuntimeSelection(
@@ -167,7 +181,7 @@ def _candidates(device: torch.device, requested: str) -> list[str]:
     return names
 
 
-def _measure(
+def _build_and_compare(
     checkpoint: LoadedCheckpoint,
     name: str,
     device: torch.device,
@@ -175,42 +189,58 @@ def _measure(
     reference: np.ndarray,
     labels: np.ndarray,
     criteria: RuntimeCriteria,
-    seconds: float,
-) -> VariantMeasurement:
+) -> tuple[VariantMeasurement, Any]:
+    """The variant's measurement without its speed, and the runtime to time (None: not built)."""
     started = time.perf_counter()
     try:
         runtime = build_runtime(checkpoint, name, device)
     except (RuntimeUnavailable, ImportError, OSError) as exc:
         log.info("runtime %s cannot be built here: %s", name, exc)
-        return VariantMeasurement(name, "unavailable", [f"cannot be built here: {exc}"])
+        return VariantMeasurement(name, "unavailable", [f"cannot be built here: {exc}"]), None
     build_s = time.perf_counter() - started
     if runtime.name != name:  # torch.compile without a compiler serves eager instead
         return VariantMeasurement(name, "unavailable", [f"built as {runtime.name} here"],
-                                  build_s=round(build_s, 3))
+                                  build_s=round(build_s, 3)), None
     agreement = compare(reference, predict_all(runtime, inputs), labels)
     reasons = [] if name == "eager" else agreement.misses(criteria)
-    speed = {f"batch_{size}": round(_images_per_second(runtime, inputs, size, seconds), 1)
-             for size in SPEED_BATCHES}
     artifact = getattr(runtime, "artifact", None)
-    log.info("runtime %s: %s; %s images/s at batch 32", name, agreement.summary(),
-             f"{speed['batch_32']:,.0f}")
-    return VariantMeasurement(
-        name, "misses" if reasons else "qualifies", reasons, agreement, speed,
-        round(build_s, 3), str(artifact) if artifact else None,
+    measurement = VariantMeasurement(
+        name, "misses" if reasons else "qualifies", reasons, agreement,
+        build_s=round(build_s, 3), artifact=str(artifact) if artifact else None,
     )
+    return measurement, runtime
 
 
-def _images_per_second(runtime: Any, inputs: torch.Tensor, size: int, seconds: float) -> float:
-    """Digits per second from the median of calls on distinct batches of ``size``."""
-    batches = [inputs[start:start + size].clone()
-               for start in range(0, len(inputs) - size + 1, size)][:64] or [inputs[:size]]
-    for batch in batches[:3]:
-        runtime.predict_proba(batch)  # first calls allocate and pick kernels
-    timings: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(timings) < 10:
-        batch = batches[len(timings) % len(batches)]
-        tick = time.perf_counter()
-        runtime.predict_proba(batch)
-        timings.append(time.perf_counter() - tick)
-    return len(batches[0]) / statistics.median(timings)
+def _images_per_second(runtimes: dict[str, Any], inputs: torch.Tensor, seconds: float,
+                       clock: Callable[[], float] = time.perf_counter,
+                       ) -> dict[str, dict[str, float]]:
+    """Digits per second of each runtime at each of SPEED_BATCHES, from the median of calls on
+    distinct batches: ``seconds`` per runtime and size, spent in SPEED_ROUNDS turns."""
+    batches = {size: [inputs[start:start + size].clone()
+                      for start in range(0, len(inputs) - size + 1, size)][:64] or [inputs[:size]]
+               for size in SPEED_BATCHES}
+    for runtime in runtimes.values():
+        for sized in batches.values():
+            for batch in sized[:3]:
+                runtime.predict_proba(batch)  # first calls allocate and pick kernels
+    timings: dict[tuple[str, int], list[float]] = {
+        (name, size): [] for name in runtimes for size in SPEED_BATCHES}
+    turn_s = seconds / SPEED_ROUNDS
+    calls_per_turn = -(-MIN_CALLS // SPEED_ROUNDS)
+    names = list(runtimes)
+    for round_index in range(SPEED_ROUNDS):
+        shift = round_index % len(names) if names else 0  # no variant always goes first
+        for name in names[shift:] + names[:shift]:
+            for size in SPEED_BATCHES:
+                spent, sized = timings[name, size], batches[size]
+                deadline, calls = clock() + turn_s, 0
+                while clock() < deadline or calls < calls_per_turn:
+                    batch = sized[len(spent) % len(sized)]
+                    tick = clock()
+                    runtimes[name].predict_proba(batch)
+                    spent.append(clock() - tick)
+                    calls += 1
+    return {name: {f"batch_{size}": round(len(batches[size][0])
+                                          / statistics.median(timings[name, size]), 1)
+                   for size in SPEED_BATCHES}
+            for name in names}
