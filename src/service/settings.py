@@ -61,11 +61,6 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_json: bool = True
     access_log: bool = Field(False, description="One JSON log line per request (costs req/s).")
-    keep_alive_timeout_s: float = Field(
-        75.0, gt=0, description="An idle kept-alive connection is closed after this. Longer "
-        "than clients' and load balancers' own idle limits (httpx 5 s, ALB and nginx 60 s): "
-        "the side that closes first must be the client, or its next request can meet the close."
-    )
     # what one connection may cost (api/protocol.py, docs/hardening.md)
     header_timeout_s: float = Field(
         10.0, gt=0, description="Request line and headers must arrive within this, from the "
@@ -77,6 +72,11 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         0, ge=0, description="Open connections per process (0: 3/4 of the open-file limit, at "
         "least 64); over it a stalled (408) or idle one is closed for the new one, else 503."
+    )
+    keep_alive_timeout_s: float = Field(
+        75.0, gt=0, description="An idle kept-alive connection is closed after this. Longer "
+        "than clients' and load balancers' own idle limits (httpx 5 s, ALB and nginx 60 s): "
+        "the side that closes first must be the client, or its next request can meet the close."
     )
     load_model: bool = Field(
         True, description="False lets an API instance only enqueue jobs (small CPU box)."

@@ -53,7 +53,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "log_config": None,  # our JSON logging, configured by create_app
         "log_level": settings.log_level,
         "server_header": False,
-        "timeout_keep_alive": settings.keep_alive_timeout_s,  # docs/hardening.md#keep-alive
+        # longer than clients' own idle limits (docs/hardening.md, "Idle connections")
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
         # after the drain's grace (SIGTERM; service.api.drain): in-flight requests get this long
         "timeout_graceful_shutdown": IN_FLIGHT_TIMEOUT_S,
     }

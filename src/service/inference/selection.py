@@ -216,6 +216,8 @@ def _images_per_second(runtimes: dict[str, Any], inputs: torch.Tensor, seconds: 
                        ) -> dict[str, dict[str, float]]:
     """Digits per second of each runtime at each of SPEED_BATCHES, from the median of calls on
     distinct batches: ``seconds`` per runtime and size, spent in SPEED_ROUNDS turns."""
+    if not runtimes:
+        return {}
     batches = {size: [inputs[start:start + size].clone()
                       for start in range(0, len(inputs) - size + 1, size)][:64] or [inputs[:size]]
                for size in SPEED_BATCHES}
@@ -225,22 +227,27 @@ def _images_per_second(runtimes: dict[str, Any], inputs: torch.Tensor, seconds: 
                 runtime.predict_proba(batch)  # first calls allocate and pick kernels
     timings: dict[tuple[str, int], list[float]] = {
         (name, size): [] for name in runtimes for size in SPEED_BATCHES}
-    turn_s = seconds / SPEED_ROUNDS
-    calls_per_turn = -(-MIN_CALLS // SPEED_ROUNDS)
     names = list(runtimes)
     for round_index in range(SPEED_ROUNDS):
-        shift = round_index % len(names) if names else 0  # no variant always goes first
+        shift = round_index % len(names)  # no variant always goes first
         for name in names[shift:] + names[:shift]:
             for size in SPEED_BATCHES:
-                spent, sized = timings[name, size], batches[size]
-                deadline, calls = clock() + turn_s, 0
-                while clock() < deadline or calls < calls_per_turn:
-                    batch = sized[len(spent) % len(sized)]
-                    tick = clock()
-                    runtimes[name].predict_proba(batch)
-                    spent.append(clock() - tick)
-                    calls += 1
+                _time_turn(runtimes[name], batches[size], timings[name, size],
+                           seconds / SPEED_ROUNDS, clock)
     return {name: {f"batch_{size}": round(len(batches[size][0])
                                           / statistics.median(timings[name, size]), 1)
                    for size in SPEED_BATCHES}
             for name in names}
+
+
+def _time_turn(runtime: Any, batches: list[torch.Tensor], timings: list[float], seconds: float,
+               clock: Callable[[], float]) -> None:
+    """One turn: calls on the next of ``batches`` for ``seconds`` (and at least MIN_CALLS over
+    all turns), each call's time appended to ``timings``."""
+    deadline, calls = clock() + seconds, 0
+    while clock() < deadline or calls < -(-MIN_CALLS // SPEED_ROUNDS):
+        batch = batches[len(timings) % len(batches)]
+        tick = clock()
+        runtime.predict_proba(batch)
+        timings.append(clock() - tick)
+        calls += 1
