@@ -12,51 +12,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import multiprocessing
-import os
-import socket
-import subprocess
-import sys
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
-LAB2PROD = str(Path(sys.executable).parent / "lab2prod")
+from service.bench.servers import Server, ServerSpec, free_port, python_command
+
 IDLE_FROM_S, IDLE_TO_S = 4.90, 5.00  # just under httpx's default keepalive_expiry
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(keep_alive_s: float) -> Iterator[str]:
+def server_spec(keep_alive_s: float) -> ServerSpec:
     """`lab2prod serve` without a model (only /health is asked) at this keep-alive timeout."""
     port = free_port()
-    env = {**os.environ, "LOAD_MODEL": "false", "PORT": str(port), "DRAIN_GRACE_S": "0",
-           "KEEP_ALIVE_TIMEOUT_S": str(keep_alive_s)}
-    server = subprocess.Popen([LAB2PROD, "serve"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"lab2prod serve did not start on {url}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(30)
+    return ServerSpec(f"serve-keep-alive-{keep_alive_s:g}",
+                      python_command("-m", "service.cli", "serve", "--port", str(port)), port,
+                      env={"LOAD_MODEL": "false", "DRAIN_GRACE_S": "0",
+                           "KEEP_ALIVE_TIMEOUT_S": str(keep_alive_s)})
 
 
 def busy(seconds: float) -> None:
@@ -92,8 +67,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=200, help="per round")
     parser.add_argument("--load", type=int, default=3, help="busy-loop processes per round")
     args = parser.parse_args()
+    logs = Path(tempfile.mkdtemp(prefix="keep-alive-race-"))
     for timeout in args.timeouts:
-        with serving(timeout) as url:
+        with Server(server_spec(timeout), cpu=None, log_dir=logs) as server:
+            server.wait_ready(60)
+            url = server.spec.url
             for round_number in range(1, args.rounds + 1):
                 loaders = [multiprocessing.Process(target=busy, args=(IDLE_TO_S + 2,))
                            for _ in range(args.load)]
