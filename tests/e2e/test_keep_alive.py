@@ -53,13 +53,13 @@ def test_by_default_a_connection_outlasts_httpx_s_own_idle_expiry(default_server
 def test_the_server_closes_a_connection_idle_past_keep_alive_timeout(
     registry: Path, tmp_path: Path,
 ):
-    with ServeProcess(registry, tmp_path, KEEP_ALIVE_TIMEOUT_S="1") as server, \
+    with ServeProcess(registry, tmp_path, KEEP_ALIVE_TIMEOUT_S="2") as server, \
             connect(server.url) as sock:
         sock.sendall(request_head("GET", "/health"))
         assert read_answer(sock).status == 200
-        time.sleep(0.4)  # idle, within the timeout: the connection still serves
+        time.sleep(0.5)  # idle, well within the timeout: the connection still serves
         sock.sendall(request_head("GET", "/health"))
         assert read_answer(sock).status == 200
         started = time.monotonic()
         assert sock.recv(1) == b"", "the server should close the idle connection"
-        assert 0.8 < time.monotonic() - started < 5
+        assert 1.0 < time.monotonic() - started < 10  # its timeout, not at once
