@@ -417,6 +417,21 @@ def test_runtimes_measured_against_other_bars_than_the_policy_refuse_the_release
     assert "measured against other bars" in verdict.failed[0].detail
 
 
+def test_runtimes_ranked_with_another_speedup_for_inexact_variants_refuse_the_release(
+    tmp_path, recorded_run
+):
+    run_dir = write_run(tmp_path, recorded_run)
+    gate(run_dir)
+    records = read_records(run_dir)
+    records.serving["runtimes"]["min_inexact_speedup"] = 1.0
+    verdict = decide(POLICY, notebooks=[NotebookOutcome("train", "t"),
+                                        NotebookOutcome("evaluate", "e")],
+                     records=records, champion_version=None)
+    assert [c.name for c in verdict.failed] == ["serving_runtime"]
+    assert verdict.failed[0].detail == ("ranked with min_inexact_runtime_speedup 1.0, not the "
+                                        "policy's 1.25")
+
+
 def test_a_run_whose_serving_checks_did_not_run_is_refused(tmp_path, recorded_run):
     verdict = decide(POLICY, notebooks=[NotebookOutcome("train", "t"),
                                         NotebookOutcome("evaluate", "e")],

@@ -11,6 +11,11 @@ what serving falls back to when a variant misses on its own machine. Eager alway
 is the reference), so the chain always ends with a runtime that serves. A variant that misses or
 cannot be built is kept in the table with its figures and the reason, never an error.
 
+An *inexact* variant (int8: its probabilities move by 1e-2 and more) ranks ahead of an exact one
+(fp32, within EXACT_PROBABILITY_DIFF of eager) only when it is at least ``min_inexact_speedup``
+times as fast: where the two are level, timings on a shared machine would otherwise pick either
+from one release to the next, and the answers clients see would change with them.
+
 ``RUNTIME=auto`` takes the chain. A named ``RUNTIME`` is a request: it is chosen only if it
 qualifies, and ``RuntimeSelection.explain`` names the variants that would.
 """
@@ -33,7 +38,14 @@ from service.inference.runtime import (
     build_runtime,
     selectable_variants,
 )
-from service.inference.verification import Agreement, RuntimeCriteria, compare, predict_all
+from service.inference.verification import (
+    EXACT_PROBABILITY_DIFF,
+    MIN_INEXACT_SPEEDUP,
+    Agreement,
+    RuntimeCriteria,
+    compare,
+    predict_all,
+)
 from service.ml.checkpoint import LoadedCheckpoint
 from service.ml.preprocess import normalize
 from service.provenance import cpu_description
@@ -63,6 +75,12 @@ class VariantMeasurement:
     def speed(self) -> float:
         return self.images_per_s.get("batch_32", 0.0)
 
+    @property
+    def exact(self) -> bool:
+        """Answers as eager does, to rounding (fp32 variants; int8 ones do not)."""
+        return (self.agreement is not None
+                and self.agreement.max_probability_diff <= EXACT_PROBABILITY_DIFF)
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["agreement"] = asdict(self.agreement) if self.agreement else None
@@ -80,13 +98,29 @@ class RuntimeSelection:
     criteria: RuntimeCriteria
     digits: int
     variants: list[VariantMeasurement]
-    chosen: str | None  # None: the requested variant misses (the gate refuses)
-    chain: list[str]  # what serving tries in order, verifying each: the choice first
+    chosen: str | None = None  # None: the requested variant misses (the gate refuses)
+    chain: list[str] = field(default_factory=list)  # what serving tries in order: choice first
+    min_inexact_speedup: float = MIN_INEXACT_SPEEDUP
 
     def qualifying(self) -> list[VariantMeasurement]:
-        """Variants that meet the bars, fastest at batch 32 first."""
+        """Variants that meet the bars, in the order ``auto`` prefers them: fastest at batch 32
+        first, an inexact variant's speed divided by ``min_inexact_speedup``."""
         passed = [v for v in self.variants if v.status == "qualifies"]
-        return sorted(passed, key=lambda v: -v.speed)
+        return sorted(passed, key=lambda v: (
+            -(v.speed if v.exact else v.speed / self.min_inexact_speedup), -v.speed))
+
+    def choose(self) -> None:
+        """Set the choice and the chain from the measurements: ``auto`` takes the qualifying
+        variants in order, down to eager (which never misses, so nothing after it needs
+        trying); a named variant is chosen alone if it qualifies, else nothing is."""
+        qualifying = [v.name for v in self.qualifying()]
+        if self.requested == "auto":
+            self.chain = qualifying[: qualifying.index("eager") + 1]
+            self.chosen = self.chain[0]
+        elif self.requested in qualifying:
+            self.chosen, self.chain = self.requested, [self.requested]
+        else:
+            self.chosen, self.chain = None, []
 
     def measured(self, name: str) -> VariantMeasurement | None:
         return next((v for v in self.variants if v.name == name), None)
@@ -100,6 +134,7 @@ class RuntimeSelection:
             speedup = chosen.speed / eager.speed if eager and eager.speed else float("nan")
             head = (f"{chosen.name} (RUNTIME={self.requested}): {chosen.speed:,.0f} images/s at "
                     f"batch 32 ({speedup:.1f}x eager), {chosen.agreement.summary()}")
+            head += "".join(self._ranked_behind(chosen))
         else:
             wanted = self.measured(self.requested)
             why = "; ".join(wanted.reasons) if wanted else "not measured"
@@ -112,11 +147,21 @@ class RuntimeSelection:
                    if v.status != "qualifies" and v.name != self.requested]
         return head + (f"; passed over: {', '.join(skipped)}" if skipped else "")
 
+    def _ranked_behind(self, chosen: VariantMeasurement) -> list[str]:
+        """Why a faster qualifying variant was not chosen: it is inexact and not fast enough."""
+        if self.requested != "auto":
+            return []
+        return [f"; {v.name} is {v.speed / chosen.speed:.2f}x as fast but inexact (max |dp| "
+                f"{v.agreement.max_probability_diff:.2e}), under the "
+                f"{self.min_inexact_speedup:g}x an inexact variant needs to rank ahead"
+                for v in self.qualifying() if v.speed > chosen.speed and v.agreement]
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "requested": self.requested,
             "chosen": self.chosen,
             "chain": self.chain,
+            "min_inexact_speedup": self.min_inexact_speedup,
             "device": self.device,
             "threads": self.threads,
             "machine": self.machine,
@@ -136,6 +181,7 @@ def select_runtime(
     threads: int = 1,
     seconds: float = SPEED_SECONDS,
     names: list[str] | None = None,
+    min_inexact_speedup: float = MIN_INEXACT_SPEEDUP,
 ) -> tuple[RuntimeSelection, np.ndarray]:
     """Measure the variants for ``checkpoint`` on ``images`` (uint8 [N,28,28]) with ``threads``
     inference threads, as serving runs them; returns the selection and eager's probabilities."""
@@ -162,15 +208,10 @@ def select_runtime(
         torch.set_num_threads(previous_threads)
     selection = RuntimeSelection(
         requested=requested, device=str(device), threads=threads, machine=cpu_description(),
-        criteria=criteria, digits=len(images), variants=variants, chosen=None, chain=[],
+        criteria=criteria, digits=len(images), variants=variants,
+        min_inexact_speedup=min_inexact_speedup,
     )
-    qualifying = [v.name for v in selection.qualifying()]
-    if requested == "auto":
-        # Eager never misses, so the chain ends at it: nothing slower needs trying after it.
-        selection.chain = qualifying[: qualifying.index("eager") + 1]
-        selection.chosen = selection.chain[0]
-    elif requested in qualifying:
-        selection.chosen, selection.chain = requested, [requested]
+    selection.choose()
     return selection, reference
 
 

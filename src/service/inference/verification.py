@@ -32,6 +32,12 @@ VERIFICATION_FORMAT = "lab2prod-verification/1"
 # in a fraction of a second at start-up (timings: docs/runtime-selection.md).
 MAX_VERIFICATION_DIGITS = 2000
 _METADATA_KEY = "lab2prod"
+# fp32 variants answer within about 1e-6 of eager, int8 ones 1e-2 to 0.4 away
+# (docs/runtime-selection.md): a bound between the two, the release's replay tolerance too.
+EXACT_PROBABILITY_DIFF = 1e-4
+# How much faster an inexact variant must be to be chosen ahead of an exact one, unless the
+# policy says otherwise (release-policy.yaml's min_inexact_runtime_speedup says why this much).
+MIN_INEXACT_SPEEDUP = 1.25
 
 
 @dataclass(frozen=True)

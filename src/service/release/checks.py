@@ -27,6 +27,7 @@ import numpy as np
 
 from service.inference.verification import (
     MAX_VERIFICATION_DIGITS,
+    MIN_INEXACT_SPEEDUP,
     VERIFICATION_FILE,
     RuntimeCriteria,
     VerificationSet,
@@ -48,6 +49,7 @@ def run_serving_checks(
     serving_device: str = "auto",
     threads: int = 1,
     variants: list[str] | None = None,
+    min_inexact_speedup: float = MIN_INEXACT_SPEEDUP,
 ) -> dict[str, Any]:
     """Measure, write ``<run_dir>/serving.json`` and return it. A check that cannot run records
     its error instead of raising: the gate refuses on it, with the reason. ``variants`` limits
@@ -69,6 +71,7 @@ def run_serving_checks(
         record.update(prepare_runtimes(
             run_dir, checkpoint, dataset.test_images, dataset.test_labels, criteria=criteria,
             requested=serving_runtime, device=serving_device, threads=threads, variants=variants,
+            min_inexact_speedup=min_inexact_speedup,
         ))
     except Exception as exc:  # not even eager could be measured
         record["runtimes"] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -134,7 +137,7 @@ def replay_sample(
 def prepare_runtimes(
     folder: str | Path, checkpoint: Path, images: np.ndarray, labels: np.ndarray, *,
     criteria: RuntimeCriteria, requested: str = "auto", device: str = "auto", threads: int = 1,
-    variants: list[str] | None = None,
+    variants: list[str] | None = None, min_inexact_speedup: float = MIN_INEXACT_SPEEDUP,
 ) -> dict[str, Any]:
     """The runtime table, the verification set and the drift reference for this checkpoint,
     measured on these evaluation digits; the files to publish with it are written to ``folder``
@@ -147,7 +150,7 @@ def prepare_runtimes(
     loaded = load_checkpoint(checkpoint, device=resolve_device(device))
     selection, eager = select_runtime(
         loaded, images, labels, requested=requested, criteria=criteria, threads=threads,
-        names=variants,
+        names=variants, min_inexact_speedup=min_inexact_speedup,
     )
     keep = slice(0, MAX_VERIFICATION_DIGITS)
     weights = str(loaded.metadata["weights_sha256"])

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.inference.verification import RuntimeCriteria
+from service.inference.verification import MIN_INEXACT_SPEEDUP, RuntimeCriteria
 from service.ml.records import (
     EVALUATION_RECORD,
     SERVING_RECORD,
@@ -93,6 +93,10 @@ class Criteria(BaseModel):
     max_runtime_probability_diff: float = Field(
         1.0, ge=0, le=1, description="Serving runtime vs eager: largest probability difference."
     )
+    min_inexact_runtime_speedup: float = Field(
+        MIN_INEXACT_SPEEDUP, ge=1, description="How much faster at batch 32 an inexact variant "
+        "(int8) must be to be chosen ahead of one that answers as eager does (fp32)."
+    )
 
     def runtime_criteria(self) -> RuntimeCriteria:
         """The bars a runtime variant must meet to stand in for eager PyTorch."""
@@ -118,6 +122,7 @@ class CriteriaOverride(BaseModel):
     min_runtime_agreement: float | None = Field(None, ge=0, le=1)
     max_runtime_accuracy_drop: float | None = Field(None, ge=0, le=1)
     max_runtime_probability_diff: float | None = Field(None, ge=0, le=1)
+    min_inexact_runtime_speedup: float | None = Field(None, ge=1)
 
 
 class Policy(BaseModel):
@@ -519,6 +524,13 @@ def _serving_runtime(
         return CriterionResult(
             "serving_runtime", False, chosen, required,
             f"measured against other bars ({recorded.describe()}) than the policy's",
+        )
+    ranking = runtimes.get("min_inexact_speedup")
+    if ranking != criteria.min_inexact_runtime_speedup:
+        return CriterionResult(
+            "serving_runtime", False, chosen, required,
+            f"ranked with min_inexact_runtime_speedup {ranking}, not the policy's "
+            f"{criteria.min_inexact_runtime_speedup:g}",
         )
     return CriterionResult(
         name="serving_runtime",

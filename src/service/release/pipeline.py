@@ -153,9 +153,11 @@ def run_release(
     records = read_records(run_dir)
     if records.usable and not any(nb.error for nb in outcomes):
         assert records.checkpoint is not None and records.evaluation is not None
+        criteria = policy.for_dataset(records.evaluation.dataset.name)
         records.serving = run_serving_checks(
             run_dir, records.checkpoint, records.evaluation,
-            criteria=policy.for_dataset(records.evaluation.dataset.name).runtime_criteria(),
+            criteria=criteria.runtime_criteria(),
+            min_inexact_speedup=criteria.min_inexact_runtime_speedup,
             data_dir=effective["evaluate"].get("data_dir") or effective["train"].get("data_dir"),
             parity_device=str(effective["evaluate"].get("device") or "auto"),
             serving_runtime=settings.runtime,
