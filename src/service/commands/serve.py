@@ -6,7 +6,8 @@ make one. Everything else comes from the settings (environment / .env): REGISTRY
 REDIS_URL, MAX_BATCH_SIZE, TORCH_THREADS, ACCESS_LOG, LOAD_MODEL, DRAIN_GRACE_S, ...
 
 SIGTERM drains first (DRAIN_GRACE_S: /ready says 503 'draining', answers close their
-connections), then stops; SIGINT stops at once. With --workers N each worker drains.
+connections), then stops; SIGINT stops at once. With --workers N each worker drains, and on a
+machine with several GPUs DEVICE=auto or cuda puts each on its own (service.api.worker_slot).
 Each connection is bounded (service.api.protocol): HEADER_TIMEOUT_S, MAX_HEADER_BYTES,
 MAX_CONNECTIONS per process; an idle kept-alive one closes after KEEP_ALIVE_TIMEOUT_S.
 """
@@ -14,6 +15,8 @@ MAX_CONNECTIONS per process; an idle kept-alive one closes after KEEP_ALIVE_TIME
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from typing import Any
 
@@ -33,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        help="processes, each with its own model, batcher, cache and /metrics counters "
+        help="processes, each with its own model, batcher, cache and /metrics counters; with "
+        "several GPUs and DEVICE=auto or cuda, process i uses GPU i mod the GPUs there are "
         "(default: WORKERS, 1)",
     )
     parser.set_defaults(handler=serve)
@@ -93,9 +97,15 @@ def serve(args: argparse.Namespace) -> int:
     if settings.workers == 1:
         uvicorn.run(create_app(settings, pool=pool), **options)  # type: ignore[arg-type]
     else:  # each worker process builds its own app (and pool) from the environment
+        from service.api.worker_slot import slot_directory
+
         if pool is not None:
             pool.close()  # it proved the model loads; each worker process loads its own
-        uvicorn.run(
-            "service.api.app:create_app", factory=True, workers=settings.workers, **options
-        )  # type: ignore[arg-type]
+        try:
+            uvicorn.run(
+                "service.api.worker_slot:create_worker_app", factory=True,
+                workers=settings.workers, **options,
+            )  # type: ignore[arg-type]
+        finally:  # the GPU slots the processes claimed (service.api.worker_slot), if any
+            shutil.rmtree(slot_directory(os.getpid()), ignore_errors=True)
     return 0

@@ -98,9 +98,7 @@ def _supervise(processes: int, settings: Settings) -> int:
 
 
 def devices_per_process(requested: str, processes: int, gpus: int) -> list[str | None]:
-    """The DEVICE of each worker process: with several GPUs, 'auto' and 'cuda' go round them
-    (process i on ``cuda:{i mod gpus}``); None keeps the setting as it is (a named device, the
-    CPU, one GPU or none)."""
-    if gpus < 2 or requested.strip().lower() not in ("auto", "cuda"):
-        return [None] * processes
-    return [f"cuda:{index % gpus}" for index in range(processes)]
+    """The DEVICE of each worker process (``device_for_process``; None: as set)."""
+    from service.ml.device import device_for_process
+
+    return [device_for_process(requested, index, gpus) for index in range(processes)]

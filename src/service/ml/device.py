@@ -77,6 +77,21 @@ def cuda_device_count() -> int:
     return int(torch.cuda.device_count())
 
 
+def goes_round_gpus(requested: str) -> bool:
+    """Whether processes started together with this DEVICE share out the GPUs (auto, cuda)."""
+    return requested.strip().lower() in ("auto", "cuda")
+
+
+def device_for_process(requested: str, index: int, gpus: int) -> Device | None:
+    """The DEVICE of process ``index`` of several started together (``lab2prod worker
+    --processes``, ``lab2prod serve --workers``): with two GPUs or more, 'auto' and 'cuda' go
+    round them (``cuda:{index mod gpus}``); None keeps the setting as it is (a named device,
+    the CPU, one GPU or none)."""
+    if gpus < 2 or not goes_round_gpus(requested):
+        return None
+    return Device(f"cuda:{index % gpus}")
+
+
 @functools.cache
 def _cuda_driver_present() -> bool:
     try:
