@@ -22,15 +22,15 @@ CLAIM_AND_HOLD = """
 import sys
 from pathlib import Path
 from service.api.worker_slot import claim_slot
-slot, lock = claim_slot(Path(sys.argv[1]), int(sys.argv[2]))
+slot, lock = claim_slot(Path(sys.argv[1]))
 print(slot, flush=True)
 sys.stdin.read()  # held until the test closes our stdin, or kills us
 """
 
 
-def holder(directory: Path, slots: int) -> tuple[subprocess.Popen, int]:
+def holder(directory: Path) -> tuple[subprocess.Popen, int]:
     """Another process that claims a slot and holds it; and the slot it got."""
-    process = subprocess.Popen([sys.executable, "-c", CLAIM_AND_HOLD, str(directory), str(slots)],
+    process = subprocess.Popen([sys.executable, "-c", CLAIM_AND_HOLD, str(directory)],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     return process, int(process.stdout.readline())
 
@@ -44,33 +44,36 @@ def holders():
         process.wait()
 
 
-def test_processes_claim_distinct_slots_and_none_is_left_beyond_their_number(tmp_path, holders):
-    first, first_slot = holder(tmp_path, 2)
-    second, second_slot = holder(tmp_path, 2)
-    holders += [first, second]
-    assert {first_slot, second_slot} == {0, 1}
-    assert claim_slot(tmp_path, 2) is None
+def test_processes_claim_distinct_slots_lowest_first(tmp_path, holders):
+    slots = []
+    for _ in range(3):
+        process, slot = holder(tmp_path)
+        holders.append(process)
+        slots.append(slot)
+    assert slots == [0, 1, 2]
+    slot, lock = claim_slot(tmp_path)
+    lock.close()
+    assert slot == 3
 
 
 def test_the_slot_of_a_process_that_died_is_claimed_by_the_next_one(tmp_path, holders):
-    first, _ = holder(tmp_path, 2)
-    second, _ = holder(tmp_path, 2)
+    first, first_slot = holder(tmp_path)
+    second, second_slot = holder(tmp_path)
     holders += [first, second]
+    assert (first_slot, second_slot) == (0, 1)
     first.send_signal(signal.SIGKILL)  # no clean-up: the kernel releases the lock
     first.wait()
-    slot, lock = claim_slot(tmp_path, 2)
+    slot, lock = claim_slot(tmp_path)
     lock.close()
     assert slot == 0
 
 
 @pytest.mark.parametrize("device", ["auto", "cuda", "CUDA"])
 def test_with_several_gpus_the_processes_go_round_them(tmp_path, device):
-    settings = Settings(device=device, workers=3)
+    settings = Settings(device=device)
     claimed = [worker_settings(settings, gpus=2, directory=tmp_path) for _ in range(3)]
     try:
         assert [each.device for each, _ in claimed] == ["cuda:0", "cuda:1", "cuda:0"]
-        # a fourth process (uvicorn never starts one) keeps DEVICE as it is
-        assert worker_settings(settings, gpus=2, directory=tmp_path) == (settings, None)
     finally:
         for _, lock in claimed:
             lock.close()
@@ -81,7 +84,7 @@ def test_with_several_gpus_the_processes_go_round_them(tmp_path, device):
 def test_a_named_device_the_cpu_or_one_gpu_leaves_the_settings_and_claims_nothing(
     tmp_path, device, gpus
 ):
-    settings = Settings(device=device, workers=2)
+    settings = Settings(device=device)
     folder = tmp_path / "slots"
     assert worker_settings(settings, gpus=gpus, directory=folder) == (settings, None)
     assert not folder.exists()

@@ -1,9 +1,9 @@
 """Which GPU each of ``lab2prod serve --workers N``'s processes serves on.
 
 uvicorn starts the N processes itself and gives them no index, so each one claims a *slot*: the
-first of N lock files (``flock``, in a folder named after the supervising process) that no other
-process holds. Slot i serves on ``cuda:{i mod gpus}``, as ``lab2prod worker``'s process i does.
-The kernel releases a process's lock when it exits, however it exits, so the process uvicorn
+lowest-numbered lock file (``flock``, in a folder named after the supervising process) that no
+other process holds. Slot i serves on ``cuda:{i mod gpus}``, as ``lab2prod worker``'s process i
+does. The kernel releases a process's lock when it exits, however it exits, so the process uvicorn
 starts in place of one that died takes that one's slot, and its GPU, back.
 
 Only where it matters: DEVICE=auto or cuda on a machine with two GPUs or more. A named device,
@@ -34,37 +34,33 @@ def slot_directory(supervisor_pid: int) -> Path:
     return Path(tempfile.gettempdir()) / f"lab2prod-serve-{supervisor_pid}-slots"
 
 
-def claim_slot(directory: Path, slots: int) -> tuple[int, IO[str]] | None:
-    """The lowest of ``slots`` slots in ``directory`` no other open lock holds, with its lock
-    (the slot is held while the returned file stays open); None when every slot is held."""
+def claim_slot(directory: Path) -> tuple[int, IO[str]]:
+    """The lowest slot in ``directory`` that no other open lock holds, and its lock: the slot
+    is held while the returned file stays open. (Not bounded by the number of processes, which
+    a worker process does not know: uvicorn's --workers is the supervisor's.)"""
     directory.mkdir(parents=True, exist_ok=True)
-    for index in range(slots):
+    index = 0
+    while True:
         handle = (directory / f"{index}.lock").open("a")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
+            index += 1
             continue
         return index, handle
-    return None
 
 
 def worker_settings(settings: Settings, gpus: int,
                     directory: Path) -> tuple[Settings, IO[str] | None]:
-    """``settings`` for one of ``settings.workers`` processes: on its own GPU where there are
+    """``settings`` for one of several serving processes: on its own GPU where there are
     several and DEVICE lets it choose (a slot claimed in ``directory``, held while the returned
     lock stays open), else unchanged (and no lock)."""
     if device_for_process(settings.device, 0, gpus) is None:
         return settings, None
-    claimed = claim_slot(directory, settings.workers)
-    if claimed is None:  # more processes than --workers: uvicorn never starts them
-        log.warning("every one of the %d worker slots in %s is held; this process keeps "
-                    "DEVICE=%s", settings.workers, directory, settings.device)
-        return settings, None
-    index, lock = claimed
-    device = device_for_process(settings.device, index, gpus)
-    log.info("worker process %d of %d serves on %s", index + 1, settings.workers, device)
-    return settings.model_copy(update={"device": device}), lock
+    index, lock = claim_slot(directory)
+    return settings.model_copy(update={"device": device_for_process(settings.device, index,
+                                                                      gpus)}), lock
 
 
 def create_worker_app() -> FastAPI:
@@ -74,6 +70,9 @@ def create_worker_app() -> FastAPI:
     settings = get_settings()
     gpus = cuda_device_count() if goes_round_gpus(settings.device) else 0
     settings, lock = worker_settings(settings, gpus, slot_directory(os.getppid()))
+    app = create_app(settings)  # configures logging
     if lock is not None:
         _held.append(lock)
-    return create_app(settings)
+        log.info("this worker process serves on %s (one of %d GPUs, slot %s)", settings.device,
+                 gpus, Path(lock.name).stem)
+    return app
