@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from service.api import worker_slot
 from service.api.worker_slot import claim_slot, worker_settings
-from service.settings import Settings
+from service.settings import Settings, get_settings
 
 CLAIM_AND_HOLD = """
 import sys
@@ -89,3 +90,21 @@ def test_a_named_device_the_cpu_or_one_gpu_leaves_the_settings_and_claims_nothin
     assert worker_settings(settings, gpus=gpus, directory=folder) == (settings, None)
     assert not folder.exists()
 
+
+
+def test_uvicorn_s_factory_builds_each_worker_process_app_on_its_slot_s_gpu(
+    tmp_path, monkeypatch
+):
+    # what `lab2prod serve --workers 2` runs in each process, on a machine with two GPUs
+    monkeypatch.setenv("DEVICE", "auto")
+    monkeypatch.setenv("LOAD_MODEL", "false")
+    monkeypatch.setattr(worker_slot, "cuda_device_count", lambda: 2)
+    monkeypatch.setattr(worker_slot, "slot_directory", lambda pid: tmp_path / str(pid))
+    get_settings.cache_clear()
+    try:
+        apps = [worker_slot.create_worker_app() for _ in range(2)]
+        assert [app.state.settings.device for app in apps] == ["cuda:0", "cuda:1"]
+    finally:
+        get_settings.cache_clear()
+        while worker_slot._held:
+            worker_slot._held.pop().close()
