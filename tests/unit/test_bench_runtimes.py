@@ -22,4 +22,6 @@ def test_the_report_shows_every_variant_against_eager_and_the_resulting_choice(t
     assert "| eager | " in text and " | 1.00x | 100.0% (0 differ) | +0.0000 |" in text
     assert "| onnx-int8 | " in text and "misses: max |dp|" in text
     assert f"would serve **`{selection.chosen}`**" in text
+    assert ("an inexact variant (max |dp| above 0.0001: int8) ranks ahead of an exact one only "
+            "when 1.25x as fast") in text
     assert "onnx-int8 → onnx → eager" in text

@@ -20,7 +20,7 @@ import torch
 
 from service.inference.runtime import AUTO_PREFERENCE_CPU, RUNTIMES
 from service.inference.selection import select_runtime
-from service.inference.verification import RuntimeCriteria
+from service.inference.verification import EXACT_PROBABILITY_DIFF, RuntimeCriteria
 from service.ml.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,9 @@ def markdown(data: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"Bars (the default release policy): {RuntimeCriteria(**data['criteria']).describe()}. "
+        f"Bars (the default release policy): {RuntimeCriteria(**data['criteria']).describe()}; "
+        f"an inexact variant (max |dp| above {EXACT_PROBABILITY_DIFF:g}: int8) ranks ahead of "
+        f"an exact one only when {data['min_inexact_speedup']:g}x as fast at batch 32. "
         f"With these figures `RUNTIME=auto` would serve **`{data['chosen']}`** (chain: "
         f"{' → '.join(data['chain'])}). A release measures its own model the same way, on the "
         "machine it runs on, and serving verifies the choice on its own machine "
