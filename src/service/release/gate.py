@@ -536,8 +536,9 @@ def _serving_runtime(
         name="serving_runtime",
         passed=chosen is not None,
         measured=chosen or f"{requested} misses",
-        required=(f"RUNTIME={requested}: " + ("the fastest variant with " if requested == "auto"
-                                              else "") + required),
+        required=(f"RUNTIME={requested}: " + (
+            f"the fastest variant (an inexact one only at {ranking:g}x an exact one) with "
+            if requested == "auto" else "") + required),
         detail=(f"{runtimes['summary']} ({runtimes.get('digits')} evaluation digits, "
                 f"{runtimes.get('threads')} thread(s) on {runtimes.get('device')}, "
                 f"{(runtimes.get('machine') or {}).get('model', 'unknown CPU')})"),
